@@ -1,0 +1,511 @@
+//! Configuration: `config/vigil.toml` (or `--config PATH`), then `VIGIL_…` environment
+//! overrides (`VIGIL_DETECTOR__SESSIONS=2` sets `detector.sessions`). Unknown keys and invalid
+//! values fail at start with a message that names the key. Each module owns the settings it
+//! uses; this file assembles them and checks what serde cannot.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{is_token, Encoding};
+use crate::detect::DetectorConfig;
+use crate::geo::{GeoOrigin, Homography, PointPair, Polygon};
+use crate::risk::RiskPolicy;
+use crate::vision::ImageLimits;
+
+/// Where `vigil` looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/vigil.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub streams: StreamsConfig,
+    pub processor: ProcessorConfig,
+    pub pipeline: PipelineConfig,
+    pub detector: DetectorConfig,
+    pub vision: ImageLimits,
+    pub risk: RiskPolicy,
+    pub archive: ArchiveConfig,
+    pub service: ServiceConfig,
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Connection name shown by the server's monitoring.
+    pub name: String,
+    /// Optional `.creds` file (JWT + NKey) for secured servers.
+    pub credentials_file: Option<PathBuf>,
+    /// Seconds to wait for the first connection.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            name: "vigil".into(),
+            credentials_file: None,
+            connect_timeout_s: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Frames older than this are discarded unprocessed (seconds).
+    pub frames_max_age_s: u64,
+    /// Backlog kept per camera; beyond it the oldest frames of that camera are dropped.
+    pub frames_max_per_camera: i64,
+    /// Events are kept in the stream this long (hours); the archive keeps them for good.
+    pub events_max_age_h: u64,
+    /// Cap on the events stream's size in bytes; 0 means no cap beyond the age.
+    pub events_max_bytes: i64,
+    /// Dead-letter records are kept this long (hours).
+    pub dlq_max_age_h: u64,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate (seconds).
+    pub duplicate_window_s: u64,
+    /// Stream replicas (1 on a single server; 3 on a cluster).
+    pub replicas: usize,
+    /// Encoding of published events: "msgpack" or "json".
+    pub events_encoding: Encoding,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            frames_max_age_s: 60,
+            frames_max_per_camera: 100,
+            events_max_age_h: 168,
+            events_max_bytes: 0,
+            dlq_max_age_h: 168,
+            duplicate_window_s: 120,
+            replicas: 1,
+            events_encoding: Encoding::Msgpack,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Whether `vigil serve` consumes frames.
+    pub enabled: bool,
+    /// Frames fetched and in processing at once, per `vigil serve` (0: twice the sessions).
+    pub max_in_flight: usize,
+    /// Seconds before an unacknowledged frame is redelivered.
+    pub ack_wait_s: u64,
+    /// Deliveries of a frame that keeps failing transiently before it goes to the DLQ.
+    pub max_deliver: i64,
+    /// Delay before a transiently failed frame is redelivered (milliseconds).
+    pub retry_delay_ms: u64,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_in_flight: 0,
+            ack_wait_s: 30,
+            max_deliver: 5,
+            retry_delay_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Refuse frames and requests from cameras missing in `[[cameras]]` (`unknown_camera`)
+    /// instead of analysing them without ground positions.
+    pub require_known_cameras: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Whether `vigil serve` also runs the archiver (`vigil archive` runs it alone).
+    pub enabled: bool,
+    /// MongoDB connection string.
+    pub uri: String,
+    pub database: String,
+    pub collection: String,
+    /// Events written per insert.
+    pub batch_size: usize,
+    /// Longest wait to fill a batch (milliseconds).
+    pub batch_wait_ms: u64,
+    /// Longest back-off between retries while MongoDB is unreachable (milliseconds).
+    pub retry_max_ms: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            uri: "mongodb://127.0.0.1:27017".into(),
+            database: "vigil".into(),
+            collection: "events".into(),
+            batch_size: 200,
+            batch_wait_ms: 250,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Whether `vigil serve` answers `vigil.analyze`.
+    pub enabled: bool,
+    /// Longest wait for a free detector before answering `overloaded` (milliseconds).
+    pub queue_timeout_ms: u64,
+    /// Requests analysed at once; more wait in NATS's queue group.
+    pub max_concurrent: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            queue_timeout_ms: 5_000,
+            max_concurrent: 8,
+        }
+    }
+}
+
+/// A camera vigil knows: its ground calibration and zones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub site: String,
+    pub id: String,
+    /// Human name used in descriptions; the id when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Image pixel ↔ ground metre pairs (≥ 4) to fit the homography from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<PointPair>,
+    /// Or the 3×3 image→ground homography itself, row-major.
+    #[serde(default)]
+    pub homography: Option<[[f64; 3]; 3]>,
+    /// WGS84 position of ground (0, 0); with it objects also get lat/lon.
+    #[serde(default)]
+    pub origin: Option<GeoOrigin>,
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub id: String,
+    pub name: String,
+    /// One of the kinds under `[risk.zone_kinds]`.
+    pub kind: String,
+    /// Corners in ground metres (east, north).
+    pub polygon: Vec<[f64; 2]>,
+}
+
+impl Config {
+    /// Reads `path` (or the default path, which may be absent), applies `VIGIL_…` overrides
+    /// and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+            Some(p) => figment = figment.merge(Toml::file(p)),
+            None => figment = figment.merge(Toml::file(DEFAULT_PATH)),
+        }
+        // VIGIL_CONFIG and VIGIL_LOG belong to the command line, not to this tree.
+        let env = Env::prefixed("VIGIL_")
+            .split("__")
+            .ignore(&["config", "log"]);
+        Self::from_figment(figment.merge(env))
+    }
+
+    /// Parses a TOML document (no environment): for tests and `check-config`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-references; fits every camera's homography.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("nats.connect_timeout_s", self.nats.connect_timeout_s),
+            ("streams.frames_max_age_s", self.streams.frames_max_age_s),
+            ("streams.events_max_age_h", self.streams.events_max_age_h),
+            ("streams.dlq_max_age_h", self.streams.dlq_max_age_h),
+            (
+                "streams.duplicate_window_s",
+                self.streams.duplicate_window_s,
+            ),
+            ("processor.ack_wait_s", self.processor.ack_wait_s),
+            ("archive.batch_wait_ms", self.archive.batch_wait_ms),
+            ("archive.retry_max_ms", self.archive.retry_max_ms),
+            ("service.queue_timeout_ms", self.service.queue_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.streams.frames_max_per_camera < 1 {
+            return Err(ConfigError::invalid(
+                "streams.frames_max_per_camera",
+                "must be at least 1",
+            ));
+        }
+        if self.streams.events_max_bytes < 0 {
+            return Err(ConfigError::invalid(
+                "streams.events_max_bytes",
+                "must be 0 (no cap) or more",
+            ));
+        }
+        if !(1..=5).contains(&self.streams.replicas) {
+            return Err(ConfigError::invalid(
+                "streams.replicas",
+                "must be between 1 and 5",
+            ));
+        }
+        if self.processor.max_deliver < 1 {
+            return Err(ConfigError::invalid(
+                "processor.max_deliver",
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("archive.batch_size", self.archive.batch_size),
+            ("service.max_concurrent", self.service.max_concurrent),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("archive.uri", &self.archive.uri),
+            ("archive.database", &self.archive.database),
+            ("archive.collection", &self.archive.collection),
+            ("nats.url", &self.nats.url),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(key, "must not be empty"));
+            }
+        }
+        self.detector
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("detector.{key}"), msg))?;
+        self.vision
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("vision.{key}"), msg))?;
+        self.risk
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("risk.{key}"), msg))?;
+        self.validate_cameras()
+    }
+
+    fn validate_cameras(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, camera) in self.cameras.iter().enumerate() {
+            let key = |field: &str| format!("cameras[{i}].{field}");
+            for (field, value) in [("site", &camera.site), ("id", &camera.id)] {
+                if !is_token(value) {
+                    return Err(ConfigError::invalid(
+                        key(field),
+                        format!("{value:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                    ));
+                }
+            }
+            if !seen.insert((camera.site.as_str(), camera.id.as_str())) {
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!("camera {}/{} is listed twice", camera.site, camera.id),
+                ));
+            }
+            camera
+                .ground_model()
+                .map_err(|(field, e)| ConfigError::invalid(key(field), e))?;
+            let mut zone_ids = HashSet::new();
+            for (j, zone) in camera.zones.iter().enumerate() {
+                let zkey = |field: &str| format!("cameras[{i}].zones[{j}].{field}");
+                if zone.id.trim().is_empty() || !zone_ids.insert(zone.id.as_str()) {
+                    return Err(ConfigError::invalid(
+                        zkey("id"),
+                        "must be non-empty and unique within the camera",
+                    ));
+                }
+                if !self.risk.zone_kinds.contains_key(&zone.kind) {
+                    let known: Vec<_> = self.risk.zone_kinds.keys().collect();
+                    return Err(ConfigError::invalid(
+                        zkey("kind"),
+                        format!("{:?} is not one of risk.zone_kinds {known:?}", zone.kind),
+                    ));
+                }
+                Polygon::new(zone.polygon.clone())
+                    .map_err(|e| ConfigError::invalid(zkey("polygon"), e))?;
+            }
+            if !camera.zones.is_empty()
+                && camera.calibration.is_empty()
+                && camera.homography.is_none()
+            {
+                return Err(ConfigError::invalid(
+                    key("zones"),
+                    "zones need a ground calibration or homography",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames fetched at once by one processor.
+    pub fn max_in_flight(&self) -> usize {
+        match self.processor.max_in_flight {
+            0 => self.detector.sessions * 2,
+            n => n,
+        }
+    }
+
+    /// The configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// Cameras by `(site, id)`.
+    pub fn camera_index(&self) -> BTreeMap<(String, String), &CameraConfig> {
+        self.cameras
+            .iter()
+            .map(|c| ((c.site.clone(), c.id.clone()), c))
+            .collect()
+    }
+}
+
+impl CameraConfig {
+    /// The camera's image→ground homography, if it has a calibration or a matrix. The error
+    /// names the offending field.
+    pub fn ground_model(&self) -> Result<Option<Homography>, (&'static str, String)> {
+        if let Some(origin) = &self.origin {
+            origin.validate().map_err(|e| ("origin", e.to_string()))?;
+        }
+        match (&self.homography, self.calibration.is_empty()) {
+            (Some(_), false) => Err((
+                "homography",
+                "give either calibration or homography, not both".into(),
+            )),
+            (Some(rows), true) => Homography::from_matrix(*rows)
+                .map(Some)
+                .map_err(|e| ("homography", e.to_string())),
+            (None, false) => Homography::fit(&self.calibration)
+                .map(Some)
+                .map_err(|e| ("calibration", e.to_string())),
+            (None, true) => Ok(None),
+        }
+    }
+
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/vigil.toml");
+
+    #[test]
+    fn shipped_config_parses_and_has_a_calibrated_camera_with_zones() {
+        let config = Config::from_toml(SHIPPED).unwrap();
+        let camera = config.cameras.first().expect("an example camera");
+        assert!(camera.ground_model().unwrap().is_some());
+        assert!(!camera.zones.is_empty());
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[detector]\nsesions = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sesions"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let err = Config::from_toml("[detector]\nsessions = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("detector.sessions"), "{err}");
+        let err = Config::from_toml("[streams]\nevents_encoding = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("events_encoding"), "{err}");
+    }
+
+    #[test]
+    fn collinear_calibration_is_a_config_error_naming_the_camera() {
+        let text = r#"
+[[cameras]]
+site = "s"
+id = "c"
+calibration = [
+  { image = [0, 0], ground = [0, 0] },
+  { image = [10, 10], ground = [1, 1] },
+  { image = [20, 20], ground = [2, 2] },
+  { image = [30, 30], ground = [3, 3] },
+]
+"#;
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("cameras[0].calibration"), "{err}");
+    }
+
+    #[test]
+    fn zone_kind_must_exist() {
+        let text = r#"
+[[cameras]]
+site = "s"
+id = "c"
+homography = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+zones = [{ id = "z", name = "Z", kind = "lava", polygon = [[0, 0], [1, 0], [1, 1]] }]
+"#;
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(err.contains("cameras[0].zones[0].kind"), "{err}");
+    }
+}

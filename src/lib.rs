@@ -1,0 +1,43 @@
+//! vigil turns frames from drones and CCTV cameras into risk events for control rooms.
+//!
+//! # Layout
+//!
+//! The data path, one straight line:
+//!
+//! ```text
+//! vigil.frames.<site>.<camera> ─▶ ingest ─▶ pipeline ─▶ ingest ─▶ vigil.events.<level>.<site>.<camera>
+//!   (VIGIL_FRAMES, work queue)      │                       (publish, await ack, then ack the frame)
+//!                                   ▼
+//!        vision::decode ─▶ vision::Letterboxer ─▶ detect::Detector ─▶ geo (ground, zones) ─▶ risk
+//!
+//! VIGIL_EVENTS ─▶ archive ─▶ MongoDB (_id = event_id)
+//! vigil.analyze ─▶ service ─▶ pipeline ─▶ reply
+//! ```
+//!
+//! - [`contract`]: wire types (frame, risk event, error reply, dead letter), subjects, codec.
+//! - [`config`]: figment configuration, validated; each module owns its own section.
+//! - [`vision`]: bytes → RGB image (with limits) → letterboxed input tensor.
+//! - [`detect`]: ONNX Runtime session pool, model metadata, output decoding and NMS.
+//! - [`geo`]: homographies, ground ↔ WGS84, zone polygons.
+//! - [`risk`]: the risk policy: score, level, priority, description.
+//! - [`pipeline`]: `process(frame) -> event`, the only place that orders the stages.
+//! - [`streams`]: NATS connection, JetStream streams and durable consumers.
+//! - [`ingest`]: the frame processor: pull, process, publish, ack / DLQ / retry.
+//! - [`archive`]: the MongoDB archiver.
+//! - [`service`]: the NATS service answering `vigil.analyze`.
+//! - [`serve`]: `vigil serve`, all of the above with a draining shutdown.
+//! - [`play`]: plays a folder of frames as a camera and reports the events (the demo).
+
+pub mod archive;
+pub mod config;
+pub mod contract;
+pub mod detect;
+pub mod geo;
+pub mod ingest;
+pub mod pipeline;
+pub mod play;
+pub mod risk;
+pub mod serve;
+pub mod service;
+pub mod streams;
+pub mod vision;

@@ -1,0 +1,339 @@
+//! `process(frame) -> event`: the one place that knows the order of the stages.
+//!
+//! decode → letterbox (a blocking thread) → detect (a session thread) → place on the ground →
+//! score. Ingest and the analyze service both call [`Pipeline::process`]; neither knows the
+//! stages, and no stage knows another.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::contract::{
+    self, BBox, ErrorCode, Frame, GeoPosition, GroundPosition, ImageSize, ObjectReport, Risk,
+    RiskEvent, Timings, ZoneReport, EVENT_SCHEMA,
+};
+use crate::detect::{DetectError, Detection, Detector};
+use crate::geo::{GeoOrigin, Homography, Polygon};
+use crate::risk::RiskPolicy;
+use crate::vision::{self, ImageLimits, Letterbox, Letterboxer};
+
+/// Why a frame was not analysed: a code from the contract and a sentence for people.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AnalysisError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl AnalysisError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DetectError> for AnalysisError {
+    fn from(e: DetectError) -> Self {
+        let code = match e {
+            DetectError::Busy(_) => ErrorCode::Overloaded,
+            _ => ErrorCode::Internal,
+        };
+        AnalysisError::new(code, e.to_string())
+    }
+}
+
+impl From<vision::VisionError> for AnalysisError {
+    fn from(e: vision::VisionError) -> Self {
+        AnalysisError::new(e.code(), e.to_string())
+    }
+}
+
+/// A camera's ground model, ready to use.
+struct CameraModel {
+    name: String,
+    homography: Option<Homography>,
+    origin: Option<GeoOrigin>,
+    zones: Vec<ZoneModel>,
+}
+
+struct ZoneModel {
+    id: String,
+    name: String,
+    kind: String,
+    polygon: Polygon,
+}
+
+/// Where a frame came from and how long it already waited.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub site: &'a str,
+    pub camera: &'a str,
+    /// Time between the frame's arrival (stream or request) and now.
+    pub queued: Duration,
+    /// How long to wait for a free detector; None: as long as it takes.
+    pub patience: Option<Duration>,
+}
+
+pub struct Pipeline {
+    detector: Detector,
+    limits: ImageLimits,
+    policy: RiskPolicy,
+    cameras: HashMap<(String, String), CameraModel>,
+    require_known_cameras: bool,
+}
+
+thread_local! {
+    // Each blocking thread keeps its resizer and scratch image across frames.
+    static LETTERBOXER: RefCell<Letterboxer> = RefCell::new(Letterboxer::default());
+}
+
+impl Pipeline {
+    /// Builds the pipeline from a validated configuration and a loaded detector.
+    pub fn new(
+        config: &Config,
+        detector: Detector,
+    ) -> Result<Pipeline, crate::config::ConfigError> {
+        let mut cameras = HashMap::new();
+        for (i, camera) in config.cameras.iter().enumerate() {
+            let homography = camera.ground_model().map_err(|(field, message)| {
+                crate::config::ConfigError::Invalid {
+                    key: format!("cameras[{i}].{field}"),
+                    message,
+                }
+            })?;
+            let zones = camera
+                .zones
+                .iter()
+                .filter_map(|z| {
+                    Polygon::new(z.polygon.clone())
+                        .ok()
+                        .map(|polygon| ZoneModel {
+                            id: z.id.clone(),
+                            name: z.name.clone(),
+                            kind: z.kind.clone(),
+                            polygon,
+                        })
+                })
+                .collect();
+            let model = CameraModel {
+                name: camera.display_name().to_string(),
+                homography,
+                origin: camera.origin,
+                zones,
+            };
+            cameras.insert((camera.site.clone(), camera.id.clone()), model);
+        }
+        Ok(Pipeline {
+            detector,
+            limits: config.vision.clone(),
+            policy: config.risk.clone(),
+            cameras,
+            require_known_cameras: config.pipeline.require_known_cameras,
+        })
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// Analyses one frame.
+    pub async fn process(
+        &self,
+        mut frame: Frame,
+        origin: Origin<'_>,
+    ) -> Result<RiskEvent, AnalysisError> {
+        let started = Instant::now();
+        contract::validate_frame(&frame)
+            .map_err(|m| AnalysisError::new(ErrorCode::BadRequest, m))?;
+        let camera = self
+            .cameras
+            .get(&(origin.site.to_string(), origin.camera.to_string()));
+        if camera.is_none() && self.require_known_cameras {
+            return Err(AnalysisError::new(
+                ErrorCode::UnknownCamera,
+                format!("camera {}/{} is not configured", origin.site, origin.camera),
+            ));
+        }
+
+        let (input_w, input_h) = (
+            self.detector.info().input_width,
+            self.detector.info().input_height,
+        );
+        let tensor = self.detector.take_buffer();
+        let limits = self.limits.clone();
+        let image = std::mem::take(&mut frame.image);
+        let (size, letterbox, tensor) =
+            tokio::task::spawn_blocking(move || prepare(&image, &limits, input_w, input_h, tensor))
+                .await
+                .map_err(|e| {
+                    AnalysisError::new(ErrorCode::Internal, format!("decode task failed: {e}"))
+                })??;
+        let decoded = started.elapsed();
+
+        let inference = self.detector.detect(tensor, origin.patience).await?;
+        let post_started = Instant::now();
+        let (objects, zones) = self.place(&inference.detections, &letterbox, camera);
+        let place = match camera {
+            Some(c) => format!("{} ({})", c.name, origin.site),
+            None => format!("{} ({})", origin.camera, origin.site),
+        };
+        let assessment = self.policy.assess(&objects, &zones, &place);
+        let post = inference.post + post_started.elapsed();
+
+        let queue = origin.queued + inference.waited;
+        let timings = Timings {
+            queue: ms(queue),
+            decode: ms(decoded),
+            infer: ms(inference.infer),
+            post: ms(post),
+            total: ms(origin.queued + started.elapsed()),
+        };
+        Ok(self.event(
+            frame,
+            origin,
+            size,
+            objects,
+            zones,
+            assessment,
+            timings,
+            Utc::now(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        frame: Frame,
+        origin: Origin<'_>,
+        image: ImageSize,
+        objects: Vec<ObjectReport>,
+        zones: Vec<ZoneReport>,
+        a: crate::risk::Assessment,
+        timings: Timings,
+        processed_at: DateTime<Utc>,
+    ) -> RiskEvent {
+        let mut counts = std::collections::BTreeMap::new();
+        for o in &objects {
+            *counts.entry(o.label.clone()).or_insert(0) += 1;
+        }
+        RiskEvent {
+            schema: EVENT_SCHEMA.to_string(),
+            event_id: contract::event_id(origin.site, origin.camera, &frame.frame_id),
+            frame_id: frame.frame_id,
+            site: origin.site.to_string(),
+            camera_id: origin.camera.to_string(),
+            captured_at: frame.captured_at,
+            processed_at,
+            risk: Risk {
+                score: a.score,
+                level: a.level,
+            },
+            priority: a.priority,
+            description: a.description,
+            objects,
+            counts,
+            zones,
+            image,
+            model: self.detector.info().model_ref(),
+            timings_ms: timings,
+            meta: frame.meta,
+        }
+    }
+
+    /// Source-pixel boxes, ground points and zone membership of each detection.
+    fn place(
+        &self,
+        detections: &[Detection],
+        letterbox: &Letterbox,
+        camera: Option<&CameraModel>,
+    ) -> (Vec<ObjectReport>, Vec<ZoneReport>) {
+        let info = self.detector.info();
+        let objects: Vec<ObjectReport> = detections
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (x1, y1) = letterbox.to_source(d.x1, d.y1);
+                let (x2, y2) = letterbox.to_source(d.x2, d.y2);
+                let ground = camera
+                    .and_then(|c| c.homography.as_ref())
+                    .and_then(|h| h.image_to_ground(f64::from(x1 + x2) / 2.0, f64::from(y2)));
+                let zones = match (camera, ground) {
+                    (Some(c), Some(g)) => c
+                        .zones
+                        .iter()
+                        .filter(|z| z.polygon.contains(g))
+                        .map(|z| z.id.clone())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let geo = camera.and_then(|c| c.origin).zip(ground).map(|(o, g)| {
+                    let (lat, lon) = o.to_wgs84(g);
+                    GeoPosition { lat, lon }
+                });
+                ObjectReport {
+                    id: i as u32,
+                    class_id: d.class_id,
+                    label: info.label(d.class_id),
+                    confidence: d.score,
+                    bbox: BBox { x1, y1, x2, y2 },
+                    ground: ground.map(|g| GroundPosition {
+                        x_m: g.x_m,
+                        y_m: g.y_m,
+                    }),
+                    geo,
+                    zones,
+                }
+            })
+            .collect();
+        let zones = camera
+            .map(|c| {
+                c.zones
+                    .iter()
+                    .map(|z| {
+                        let occupancy = objects
+                            .iter()
+                            .filter(|o| {
+                                self.policy.weight(&o.label) > 0.0 && o.zones.contains(&z.id)
+                            })
+                            .count() as u32;
+                        ZoneReport {
+                            id: z.id.clone(),
+                            name: z.name.clone(),
+                            kind: z.kind.clone(),
+                            occupancy,
+                            density_per_m2: f64::from(occupancy) / z.polygon.area_m2(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (objects, zones)
+    }
+}
+
+/// Decode and letterbox, on a blocking thread.
+fn prepare(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    input_w: u32,
+    input_h: u32,
+    mut tensor: Vec<f32>,
+) -> Result<(ImageSize, Letterbox, Vec<f32>), AnalysisError> {
+    let image = vision::decode(bytes, limits)?;
+    let size = ImageSize {
+        width: image.width(),
+        height: image.height(),
+    };
+    let letterbox =
+        LETTERBOXER.with(|lb| lb.borrow_mut().run(&image, input_w, input_h, &mut tensor))?;
+    Ok((size, letterbox, tensor))
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}

@@ -1,0 +1,388 @@
+//! Bytes → RGB image → the model's letterboxed input tensor.
+//!
+//! Decoding checks the declared size in the image header against the configured limits before
+//! any pixel buffer is allocated, so a decompression bomb costs a header read. Letterboxing
+//! mirrors the reference pipeline: scale to fit, bilinear (triangle-filter) resize, pad 114,
+//! RGB planes scaled to 0..1, written into a caller-owned buffer that is reused across frames.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::contract::ErrorCode;
+
+/// Grey used for the letterbox padding, as in the training pipeline.
+pub const PAD_VALUE: u8 = 114;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageLimits {
+    /// Largest encoded image accepted (bytes).
+    pub max_bytes: usize,
+    /// Largest decoded image accepted (width × height).
+    pub max_pixels: u64,
+    /// Largest width or height accepted (pixels).
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        // 8 MiB is the largest NATS payload worth configuring; 8K UHD is 33 Mpx.
+        Self {
+            max_bytes: 8 << 20,
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+        }
+    }
+}
+
+impl ImageLimits {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_bytes == 0 {
+            return Err(("max_bytes", "must be greater than 0".into()));
+        }
+        if self.max_pixels == 0 {
+            return Err(("max_pixels", "must be greater than 0".into()));
+        }
+        if self.max_side == 0 {
+            return Err(("max_side", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error("image is {size} bytes, over the limit of {limit} bytes")]
+    TooManyBytes { size: usize, limit: usize },
+    #[error("image is {width}×{height} pixels, over the limit ({max_pixels} pixels, {max_side} per side)")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+        max_side: u32,
+    },
+    #[error("image is empty")]
+    Empty,
+    #[error("unrecognised image format (accepted: JPEG, PNG, WebP, BMP, GIF, TIFF)")]
+    UnknownFormat,
+    #[error("image header is unreadable: {0}")]
+    Header(#[source] image::ImageError),
+    #[error("image data is corrupt or truncated: {0}")]
+    Decode(#[source] image::ImageError),
+    #[error("letterbox resize failed: {0}")]
+    Resize(String),
+}
+
+impl VisionError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            VisionError::TooManyBytes { .. } | VisionError::TooManyPixels { .. } => {
+                ErrorCode::TooLarge
+            }
+            VisionError::Resize(_) => ErrorCode::Internal,
+            _ => ErrorCode::BadImage,
+        }
+    }
+}
+
+/// Decodes JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF bytes into RGB, within `limits`.
+/// EXIF orientation is not applied: boxes are in the pixel grid as stored.
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionError> {
+    if bytes.is_empty() {
+        return Err(VisionError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(VisionError::TooManyBytes {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let format = image::guess_format(bytes).map_err(|_| VisionError::UnknownFormat)?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Bmp
+            | ImageFormat::Gif
+            | ImageFormat::Tiff
+    ) {
+        return Err(VisionError::UnknownFormat);
+    }
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(VisionError::Header)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels
+        || width > limits.max_side
+        || height > limits.max_side
+        || pixels == 0
+    {
+        return Err(VisionError::TooManyPixels {
+            width,
+            height,
+            max_pixels: limits.max_pixels,
+            max_side: limits.max_side,
+        });
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // A second line of defence: the decoder itself refuses to allocate past the limits, in
+    // case a format's header under-reports what its body expands to.
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4 * 2));
+    reader.limits(decoder_limits);
+    Ok(reader.decode().map_err(VisionError::Decode)?.into_rgb8())
+}
+
+/// How a source image sits inside the model input: scale, then offset by the padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub src_width: u32,
+    pub src_height: u32,
+    pub scale: f64,
+    pub scaled_width: u32,
+    pub scaled_height: u32,
+    pub pad_left: u32,
+    pub pad_top: u32,
+}
+
+impl Letterbox {
+    /// The placement of a `src_width`×`src_height` image in an `input_width`×`input_height`
+    /// input, rounded as the reference pipeline rounds (half to even).
+    pub fn fit(src_width: u32, src_height: u32, input_width: u32, input_height: u32) -> Letterbox {
+        let scale = (f64::from(input_width) / f64::from(src_width))
+            .min(f64::from(input_height) / f64::from(src_height));
+        let scaled = |side: u32, limit: u32| {
+            ((f64::from(side) * scale).round_ties_even() as u32).clamp(1, limit)
+        };
+        let scaled_width = scaled(src_width, input_width);
+        let scaled_height = scaled(src_height, input_height);
+        Letterbox {
+            src_width,
+            src_height,
+            scale,
+            scaled_width,
+            scaled_height,
+            pad_left: (input_width - scaled_width) / 2,
+            pad_top: (input_height - scaled_height) / 2,
+        }
+    }
+
+    /// A point in model-input pixels → source pixels, clipped to the source image.
+    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
+        let scale = self.scale as f32;
+        let sx = (x - self.pad_left as f32) / scale;
+        let sy = (y - self.pad_top as f32) / scale;
+        (
+            sx.clamp(0.0, self.src_width as f32),
+            sy.clamp(0.0, self.src_height as f32),
+        )
+    }
+}
+
+/// Reusable letterboxing state: the resizer and its scratch image.
+pub struct Letterboxer {
+    resizer: Resizer,
+    scratch: Vec<u8>,
+    to_unit: [f32; 256],
+}
+
+impl Default for Letterboxer {
+    fn default() -> Self {
+        let mut to_unit = [0.0; 256];
+        for (v, slot) in to_unit.iter_mut().enumerate() {
+            *slot = v as f32 / 255.0;
+        }
+        Self {
+            resizer: Resizer::new(),
+            scratch: Vec::new(),
+            to_unit,
+        }
+    }
+}
+
+impl Letterboxer {
+    /// Writes `image` letterboxed into `tensor` as planar RGB float32 [3, height, width],
+    /// values in 0..1; `tensor` is resized as needed and otherwise reused.
+    pub fn run(
+        &mut self,
+        image: &RgbImage,
+        input_width: u32,
+        input_height: u32,
+        tensor: &mut Vec<f32>,
+    ) -> Result<Letterbox, VisionError> {
+        let lb = Letterbox::fit(image.width(), image.height(), input_width, input_height);
+        let plane = input_width as usize * input_height as usize;
+        tensor.clear();
+        tensor.resize(plane * 3, self.to_unit[usize::from(PAD_VALUE)]);
+        let scaled: &[u8] = if (lb.scaled_width, lb.scaled_height) == image.dimensions() {
+            image.as_raw()
+        } else {
+            self.resize(image, &lb)?;
+            &self.scratch
+        };
+        let row_len = lb.scaled_width as usize;
+        for (row, pixels) in scaled.chunks_exact(row_len * 3).enumerate() {
+            let start = (lb.pad_top as usize + row) * input_width as usize + lb.pad_left as usize;
+            let (r, rest) = tensor.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            let (r, g, b) = (
+                &mut r[start..start + row_len],
+                &mut g[start..start + row_len],
+                &mut b[start..start + row_len],
+            );
+            for (i, px) in pixels.chunks_exact(3).enumerate() {
+                r[i] = self.to_unit[usize::from(px[0])];
+                g[i] = self.to_unit[usize::from(px[1])];
+                b[i] = self.to_unit[usize::from(px[2])];
+            }
+        }
+        Ok(lb)
+    }
+
+    fn resize(&mut self, image: &RgbImage, lb: &Letterbox) -> Result<(), VisionError> {
+        let err = |e: &dyn std::fmt::Display| VisionError::Resize(e.to_string());
+        let src = ImageRef::new(
+            image.width(),
+            image.height(),
+            image.as_raw(),
+            PixelType::U8x3,
+        )
+        .map_err(|e| err(&e))?;
+        self.scratch
+            .resize(lb.scaled_width as usize * lb.scaled_height as usize * 3, 0);
+        let mut dst = Image::from_slice_u8(
+            lb.scaled_width,
+            lb.scaled_height,
+            &mut self.scratch,
+            PixelType::U8x3,
+        )
+        .map_err(|e| err(&e))?;
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        self.resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| err(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 200])
+        })
+    }
+
+    #[test]
+    fn decodes_png_and_jpeg() {
+        let img = gradient(64, 48);
+        let png = decode(&encode(&img, ImageFormat::Png), &ImageLimits::default()).unwrap();
+        assert_eq!(png, img);
+        let jpeg = decode(&encode(&img, ImageFormat::Jpeg), &ImageLimits::default()).unwrap();
+        assert_eq!(jpeg.dimensions(), (64, 48));
+    }
+
+    #[test]
+    fn rejects_garbage_truncation_and_oversize() {
+        let limits = ImageLimits::default();
+        assert!(matches!(
+            decode(b"hello world", &limits),
+            Err(VisionError::UnknownFormat)
+        ));
+        assert!(matches!(decode(b"", &limits), Err(VisionError::Empty)));
+        let jpeg = encode(&gradient(64, 48), ImageFormat::Jpeg);
+        let err = decode(&jpeg[..jpeg.len() / 2], &limits).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadImage, "{err}");
+        let small = ImageLimits {
+            max_bytes: 100,
+            ..limits.clone()
+        };
+        assert!(matches!(
+            decode(&jpeg, &small),
+            Err(VisionError::TooManyBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused_from_the_header() {
+        // A PNG whose header claims 20000×20000 (400 Mpx) while its body is a few bytes: the
+        // header alone must refuse it, before any pixel buffer exists.
+        let mut png = encode(&gradient(1, 1), ImageFormat::Png);
+        // IHDR data starts after the 8-byte signature, 4-byte length and 4-byte type.
+        png[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode(&png, &ImageLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, VisionError::TooManyPixels { width: 20_000, .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn letterbox_matches_the_reference_geometry() {
+        // bus.jpg: 810×1080 → r = 0.5926, 480×640, pad_left 80 (reference meta).
+        let lb = Letterbox::fit(810, 1080, 640, 640);
+        assert_eq!(
+            (lb.scaled_width, lb.scaled_height, lb.pad_left, lb.pad_top),
+            (480, 640, 80, 0)
+        );
+        let lb = Letterbox::fit(768, 576, 640, 640);
+        assert_eq!(
+            (lb.scaled_width, lb.scaled_height, lb.pad_left, lb.pad_top),
+            (640, 480, 0, 80)
+        );
+        let (x, y) = lb.to_source(320.0, 80.0);
+        assert!((x - 384.0).abs() < 1e-3 && y.abs() < 1e-3);
+        assert_eq!(lb.to_source(-50.0, 700.0), (0.0, 576.0));
+    }
+
+    #[test]
+    fn letterbox_pads_with_114_and_scales_to_unit() {
+        let img = RgbImage::from_pixel(100, 50, image::Rgb([255, 0, 51]));
+        let mut tensor = Vec::new();
+        let lb = Letterboxer::default()
+            .run(&img, 64, 64, &mut tensor)
+            .unwrap();
+        assert_eq!(
+            (lb.scaled_width, lb.scaled_height, lb.pad_top),
+            (64, 32, 16)
+        );
+        assert_eq!(tensor.len(), 3 * 64 * 64);
+        let pad = 114.0 / 255.0;
+        assert_eq!(tensor[0], pad);
+        let centre = 32 * 64 + 32;
+        assert_eq!(
+            (tensor[centre], tensor[4096 + centre], tensor[8192 + centre]),
+            (1.0, 0.0, 0.2)
+        );
+        assert_eq!(tensor[4096 + 63 * 64 + 63], pad);
+    }
+
+    #[test]
+    fn same_size_input_is_copied_exactly() {
+        let img = gradient(32, 32);
+        let mut tensor = vec![9.0; 7];
+        Letterboxer::default()
+            .run(&img, 32, 32, &mut tensor)
+            .unwrap();
+        assert_eq!(tensor[5 * 32 + 7], 7.0 / 255.0);
+        assert_eq!(tensor[1024 + 5 * 32 + 7], 5.0 / 255.0);
+    }
+}
