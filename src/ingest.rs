@@ -14,6 +14,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::contract::{subjects, DeadLetter, Encoding, ErrorCode, Frame, RiskEvent, DLQ_SCHEMA};
@@ -171,85 +172,90 @@ impl Processor {
     }
 
     async fn handle(&self, message: jetstream::Message) {
-        let (stream_sequence, delivered, published) = match message.info() {
-            Ok(info) => (
-                Some(info.stream_sequence),
-                info.delivered,
-                Some(info.published),
-            ),
-            Err(_) => (None, 1, None),
+        let delivery = Delivery::of(&message);
+        let span = tracing::debug_span!("frame", site = %delivery.site, camera = %delivery.camera);
+        let outcome = self
+            .analyse(&message, &delivery)
+            .instrument(span.clone())
+            .await;
+        self.settle(&message, &delivery, outcome)
+            .instrument(span)
+            .await;
+    }
+
+    /// Decodes, checks and processes one frame, and publishes its event.
+    async fn analyse(&self, message: &jetstream::Message, delivery: &Delivery) -> Outcome {
+        let give_up = |frame_id: Option<&str>, error| Outcome::GiveUp {
+            frame_id: frame_id.map(str::to_string),
+            error,
         };
-        let queued = published
-            .and_then(|p| (Utc::now() - p).to_std().ok())
-            .unwrap_or_default();
-        let subject = message.subject.to_string();
-        let Some((site, camera)) = subjects::parse_frames(&subject) else {
+        if !delivery.subject_ok {
             let error = AnalysisError::new(
                 ErrorCode::BadRequest,
                 "subject must be vigil.frames.<site>.<camera> with tokens [A-Za-z0-9_-]{1,64}",
             );
-            return self
-                .give_up(
-                    &message,
-                    ("invalid", "invalid"),
-                    None,
-                    error,
-                    stream_sequence,
-                    delivered,
-                )
-                .await;
-        };
-        let frame = match decode_frame(&message, site, camera) {
+            return give_up(None, error);
+        }
+        let frame: Frame = match Encoding::of(message.headers.as_ref()).decode(&message.payload) {
             Ok(f) => f,
-            Err(error) => {
-                return self
-                    .give_up(
-                        &message,
-                        (site, camera),
-                        None,
-                        error,
-                        stream_sequence,
-                        delivered,
-                    )
-                    .await
+            Err(e) => {
+                return give_up(
+                    None,
+                    AnalysisError::new(ErrorCode::BadRequest, e.to_string()),
+                )
             }
         };
         let frame_id = frame.frame_id.clone();
-        let span = tracing::debug_span!("frame", site, camera, frame_id = %frame_id);
-        let _enter = span.enter();
+        if let Err(error) = check_subject(&frame, &delivery.site, &delivery.camera) {
+            return give_up(Some(&frame_id), error);
+        }
         let origin = Origin {
-            site,
-            camera,
-            queued,
+            site: &delivery.site,
+            camera: &delivery.camera,
+            queued: delivery.queued,
             patience: None,
         };
-        let result = self.pipeline.process(frame, origin).await;
-        match result {
+        match self.pipeline.process(frame, origin).await {
             Ok(event) => match publish_event(&self.js, &event, self.encoding).await {
                 Ok(()) => {
-                    self.stats.processed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(level = %event.risk.level, score = event.risk.score, "event published");
-                    ack(&message, AckKind::Ack).await;
+                    tracing::debug!(frame_id, level = %event.risk.level, score = event.risk.score, "event published");
+                    Outcome::Published
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, frame_id = %frame_id, "event not stored; frame will be redelivered");
-                    self.retry(&message).await;
-                }
+                Err(e) => Outcome::Retry(format!("event not stored: {e}")),
             },
-            Err(e) if e.code.is_transient() && delivered < self.max_deliver => {
-                tracing::warn!(error = %e, frame_id = %frame_id, delivered, "transient failure; frame will be redelivered");
-                self.retry(&message).await;
+            Err(e) if e.code.is_transient() && delivery.delivered < self.max_deliver => {
+                Outcome::Retry(e.to_string())
             }
-            Err(error) => {
-                self.give_up(
-                    &message,
-                    (site, camera),
-                    Some(frame_id),
-                    error,
-                    stream_sequence,
-                    delivered,
-                )
-                .await
+            Err(error) => give_up(Some(&frame_id), error),
+        }
+    }
+
+    /// Acks, naks or dead-letters the frame according to the outcome.
+    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery, outcome: Outcome) {
+        match outcome {
+            Outcome::Published => {
+                self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                ack(message, AckKind::Ack).await;
+            }
+            Outcome::Retry(reason) => {
+                tracing::warn!(%reason, delivered = delivery.delivered, "frame will be redelivered");
+                self.retry(message).await;
+            }
+            Outcome::GiveUp { frame_id, error } => {
+                let record = DeadLetter {
+                    schema: DLQ_SCHEMA.into(),
+                    subject: message.subject.to_string(),
+                    site: delivery.site.clone(),
+                    camera_id: delivery.camera.clone(),
+                    frame_id,
+                    reason: error.code,
+                    message: error.message,
+                    stream_sequence: delivery.stream_sequence,
+                    delivered: u64::try_from(delivery.delivered).ok(),
+                    size_bytes: message.payload.len(),
+                    at: Utc::now(),
+                };
+                self.dead_letter(message, &record).await;
             }
         }
     }
@@ -261,30 +267,9 @@ impl Processor {
 
     /// Records the frame on the DLQ, then terminates it. If the record cannot be stored the
     /// frame is redelivered instead: a dead letter is never lost either.
-    async fn give_up(
-        &self,
-        message: &jetstream::Message,
-        (site, camera): (&str, &str),
-        frame_id: Option<String>,
-        error: AnalysisError,
-        stream_sequence: Option<u64>,
-        delivered: i64,
-    ) {
-        let record = DeadLetter {
-            schema: DLQ_SCHEMA.into(),
-            subject: message.subject.to_string(),
-            site: site.into(),
-            camera_id: camera.into(),
-            frame_id,
-            reason: error.code,
-            message: error.message,
-            stream_sequence,
-            delivered: u64::try_from(delivered).ok(),
-            size_bytes: message.payload.len(),
-            at: Utc::now(),
-        };
-        tracing::info!(site, camera, reason = %record.reason, message = %record.message, "frame dead-lettered");
-        match publish_dead_letter(&self.js, &record).await {
+    async fn dead_letter(&self, message: &jetstream::Message, record: &DeadLetter) {
+        tracing::info!(reason = %record.reason, message = %record.message, frame_id = ?record.frame_id, "frame dead-lettered");
+        match publish_dead_letter(&self.js, record).await {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 ack(message, AckKind::Term).await;
@@ -297,27 +282,64 @@ impl Processor {
     }
 }
 
-/// The frame in a message, checked against its subject.
-fn decode_frame(
-    message: &jetstream::Message,
-    site: &str,
-    camera: &str,
-) -> Result<Frame, AnalysisError> {
-    let frame: Frame = Encoding::of(message.headers.as_ref())
-        .decode(&message.payload)
-        .map_err(|e| AnalysisError::new(ErrorCode::BadRequest, e.to_string()))?;
+/// What happened to a frame.
+enum Outcome {
+    Published,
+    Retry(String),
+    GiveUp {
+        frame_id: Option<String>,
+        error: AnalysisError,
+    },
+}
+
+/// Where a message came from and how often it was delivered.
+struct Delivery {
+    site: String,
+    camera: String,
+    subject_ok: bool,
+    stream_sequence: Option<u64>,
+    delivered: i64,
+    queued: Duration,
+}
+
+impl Delivery {
+    fn of(message: &jetstream::Message) -> Delivery {
+        let (stream_sequence, delivered, published) = match message.info() {
+            Ok(info) => (
+                Some(info.stream_sequence),
+                info.delivered,
+                Some(info.published),
+            ),
+            Err(_) => (None, 1, None),
+        };
+        let queued = published
+            .and_then(|p| (Utc::now() - p).to_std().ok())
+            .unwrap_or_default();
+        let parsed = subjects::parse_frames(&message.subject);
+        let (site, camera) = parsed.unwrap_or(("invalid", "invalid"));
+        Delivery {
+            site: site.into(),
+            camera: camera.into(),
+            subject_ok: parsed.is_some(),
+            stream_sequence,
+            delivered,
+            queued,
+        }
+    }
+}
+
+/// A frame's own site and camera, when it names them, must be its subject's.
+fn check_subject(frame: &Frame, site: &str, camera: &str) -> Result<(), AnalysisError> {
     for (field, value, expected) in [
         ("site", &frame.site, site),
         ("camera_id", &frame.camera_id, camera),
     ] {
-        if value.as_deref().is_some_and(|v| v != expected) {
-            return Err(AnalysisError::new(
-                ErrorCode::BadRequest,
-                format!("{field} {value:?} differs from the subject's {expected:?}"),
-            ));
+        if let Some(v) = value.as_deref().filter(|v| *v != expected) {
+            let message = format!("{field} {v:?} differs from the subject's {expected:?}");
+            return Err(AnalysisError::new(ErrorCode::BadRequest, message));
         }
     }
-    Ok(frame)
+    Ok(())
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {

@@ -73,6 +73,8 @@ pub enum VisionError {
     Header(#[source] image::ImageError),
     #[error("image data is corrupt or truncated: {0}")]
     Decode(#[source] image::ImageError),
+    #[error("JPEG is truncated: no end-of-image marker after its last scan")]
+    Truncated,
     #[error("letterbox resize failed: {0}")]
     Resize(String),
 }
@@ -113,6 +115,9 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionErro
     ) {
         return Err(VisionError::UnknownFormat);
     }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(VisionError::Truncated);
+    }
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(VisionError::Header)?;
@@ -138,6 +143,23 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionErro
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4 * 2));
     reader.limits(decoder_limits);
     Ok(reader.decode().map_err(VisionError::Decode)?.into_rgb8())
+}
+
+/// Whether a JPEG ends: an end-of-image marker (FF D9) after the last start-of-scan (FF DA).
+/// The decoder fills a cut-off scan with grey rather than failing, so a frame truncated in
+/// transit would otherwise be analysed as if it were whole. Neither marker can occur inside
+/// entropy-coded data (FF is stuffed there), and an EXIF thumbnail's markers come before the
+/// main image's scan, so comparing the last positions is enough.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| {
+        bytes
+            .windows(2)
+            .rposition(|w| w[0] == 0xFF && w[1] == marker)
+    };
+    match (last(0xDA), last(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
 }
 
 /// How a source image sits inside the model input: scale, then offset by the padding.
@@ -305,8 +327,13 @@ mod tests {
         ));
         assert!(matches!(decode(b"", &limits), Err(VisionError::Empty)));
         let jpeg = encode(&gradient(64, 48), ImageFormat::Jpeg);
-        let err = decode(&jpeg[..jpeg.len() / 2], &limits).unwrap_err();
-        assert_eq!(err.code(), ErrorCode::BadImage, "{err}");
+        for cut in [jpeg.len() / 2, jpeg.len() - 2] {
+            let err = decode(&jpeg[..cut], &limits).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadImage, "{err}");
+        }
+        // Bytes after the end-of-image marker (some cameras pad) are fine.
+        let padded = [jpeg.as_slice(), &[0u8; 16]].concat();
+        assert!(decode(&padded, &limits).is_ok());
         let small = ImageLimits {
             max_bytes: 100,
             ..limits.clone()

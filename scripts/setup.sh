@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Everything vigil needs on this machine, idempotent: nats-server, a project .venv with
+# ONNX Runtime and SecantusDB, the model, and the test data. Safe to run again; it only
+# does what is missing. Used by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+shared=${VIGIL_SHARED:-$root/../shared}
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+# --- nats-server (Debian's package) -------------------------------------------------------
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  say "installing nats-server from Debian's packages"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+fi
+
+# --- .venv: ONNX Runtime (its shared library) and SecantusDB ------------------------------
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import onnxruntime, sys; v = tuple(map(int, onnxruntime.__version__.split(".")[:2])); sys.exit(v < (1, 31))' 2>/dev/null; then
+  say "installing onnxruntime (>= 1.31) into .venv"
+  .venv/bin/pip install -q 'onnxruntime>=1.31'
+fi
+if ! .venv/bin/python -c 'import secantus' 2>/dev/null; then
+  say "installing SecantusDB into .venv"
+  .venv/bin/pip install -q --pre secantusdb
+fi
+
+# --- the model ------------------------------------------------------------------------------
+model=models/yolov12n.onnx
+model_sha=e548ab3a406227202334bf5a6623c9814ac6286ff04e68aeb4dc2357732d1a4f
+if [ ! -f "$model" ] || ! echo "$model_sha  $model" | sha256sum -c --status; then
+  if [ -f "$shared/models/yolov12n.onnx" ]; then
+    say "copying the model from $shared/models"
+    cp "$shared/models/yolov12n.onnx" "$model"
+  else
+    say "fetching the model with cargo (crate easy-yolo 0.1.3; weights AGPL-3.0, Ultralytics)"
+    scripts/fetch-model.sh "$model"
+  fi
+  echo "$model_sha  $model" | sha256sum -c --status || { echo "model checksum mismatch: $model" >&2; exit 1; }
+fi
+
+# --- test data --------------------------------------------------------------------------------
+if [ ! -d "$shared/testdata/images" ] && [ ! -f testdata/.complete ]; then
+  say "fetching test data from the package registries"
+  scripts/fetch-testdata.sh testdata
+fi
+say "ready"

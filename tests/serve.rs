@@ -1,0 +1,438 @@
+//! `vigil serve` end to end against a real nats-server, a real MongoDB-wire server and the
+//! real model: frames in, events out, archive, dead letters, analyze, draining shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use vigil::contract::{Encoding, RiskEvent, CONTENT_TYPE, JSON_CONTENT_TYPE};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn next_json(sub: &mut async_nats::Subscriber) -> (String, serde_json::Value) {
+    let message = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open");
+    (
+        message.subject.to_string(),
+        common::body_json(message.headers.as_ref(), &message.payload),
+    )
+}
+
+async fn collection(config: &vigil::config::Config) -> mongodb::Collection<Document> {
+    vigil::archive::collection(&config.archive)
+        .await
+        .expect("MongoDB collection")
+}
+
+/// Frames consumer fully caught up: nothing waiting, nothing in processing.
+async fn frames_settled(js: &jetstream::Context, durable: &str, stream: &str) -> bool {
+    let Ok(mut c) = js
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>(durable, stream)
+        .await
+    else {
+        return false;
+    };
+    c.info()
+        .await
+        .map(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_frame_becomes_an_event_and_an_archived_document() {
+    let nats = common::NatsServer::start();
+    let config = common::config(&nats, &common::unique_db("bus"));
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut events = client.subscribe("vigil.events.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let frame = common::frame("bus-1", common::image("bus.jpg"));
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "test.cam1.bus-1");
+    js.publish_with_headers(
+        "vigil.frames.test.cam1",
+        headers,
+        common::encode(&frame, Encoding::Msgpack),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let (subject, json) = next_json(&mut events).await;
+    common::assert_valid("event.schema.json", &json);
+    let event: RiskEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        (
+            event.site.as_str(),
+            event.camera_id.as_str(),
+            event.frame_id.as_str()
+        ),
+        ("test", "cam1", "bus-1")
+    );
+    assert_eq!(
+        subject,
+        format!("vigil.events.{}.test.cam1", event.risk.level)
+    );
+    assert_eq!(event.counts.get("bus"), Some(&1), "{:?}", event.counts);
+    assert!(
+        event.counts.get("person").copied().unwrap_or(0) >= 4,
+        "{:?}",
+        event.counts
+    );
+    // The level is the policy's: the score is the sum of class weights (no zones: unknown camera).
+    let expected: f64 = event
+        .objects
+        .iter()
+        .map(|o| config.risk.weight(&o.label))
+        .sum();
+    assert_eq!(event.risk.score, expected.round().min(100.0) as u8);
+    assert_eq!(event.risk.level, config.risk.level(event.risk.score));
+    assert!(event.objects.iter().all(|o| o.ground.is_none()));
+    assert_eq!(event.image.width, 810);
+
+    let archive = collection(&config).await;
+    let filter = doc! { "_id": &event.event_id };
+    common::eventually("the event in MongoDB", WAIT, || {
+        let (archive, filter) = (archive.clone(), filter.clone());
+        async move { archive.find_one(filter).await.ok().flatten().is_some() }
+    })
+    .await;
+    let stored = archive.find_one(filter).await.unwrap().unwrap();
+    assert!(
+        matches!(stored.get("captured_at"), Some(Bson::DateTime(_))),
+        "{stored:?}"
+    );
+    assert_eq!(
+        stored
+            .get_document("risk")
+            .unwrap()
+            .get_str("level")
+            .unwrap(),
+        event.risk.level.as_str()
+    );
+    let indexes = archive.list_index_names().await.unwrap();
+    assert!(
+        indexes.contains(&"camera_time".to_string())
+            && indexes.contains(&"site_level_time".to_string()),
+        "{indexes:?}"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_published_twice_gives_one_event_and_one_document() {
+    let nats = common::NatsServer::start();
+    let config = common::config(&nats, &common::unique_db("dup"));
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+
+    // No Nats-Msg-Id: both copies enter the frames stream and both are processed.
+    let body = common::encode(
+        &common::frame("same-frame", common::image("zidane.jpg")),
+        Encoding::Msgpack,
+    );
+    for _ in 0..2 {
+        js.publish("vigil.frames.test.dup", body.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    common::eventually("both copies processed", WAIT, || {
+        frames_settled(&js, "processors", "VIGIL_FRAMES")
+    })
+    .await;
+    common::eventually("the archive caught up", WAIT, || {
+        frames_settled(&js, "archiver", "VIGIL_EVENTS")
+    })
+    .await;
+
+    let events = js.get_stream("VIGIL_EVENTS").await.unwrap();
+    let mut counter = events
+        .create_consumer(consumer::pull::Config {
+            filter_subject: "vigil.events.*.test.dup".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        counter.info().await.unwrap().num_pending,
+        1,
+        "one event in VIGIL_EVENTS"
+    );
+    let archive = collection(&config).await;
+    assert_eq!(
+        archive
+            .count_documents(doc! { "camera_id": "dup" })
+            .await
+            .unwrap(),
+        1,
+        "one document"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessable_frames_are_dead_lettered_and_the_next_frame_is_processed() {
+    let nats = common::NatsServer::start();
+    let config = common::config(&nats, &common::unique_db("dlq"));
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut dead = client.subscribe("vigil.dlq.>").await.unwrap();
+    let mut events = client.subscribe("vigil.events.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let bus = common::image("bus.jpg");
+    let truncated = common::frame("truncated", bus[..bus.len() / 3].to_vec());
+    let text = common::frame("not-an-image", b"GIF? no, plain text".to_vec());
+    let mismatched = vigil::contract::Frame {
+        camera_id: Some("other".into()),
+        ..common::frame("mismatch", bus.clone())
+    };
+    js.publish(
+        "vigil.frames.test.bad",
+        bytes::Bytes::from_static(b"\x00garbage, not msgpack"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "vigil.frames.test.bad",
+        common::encode(&truncated, Encoding::Msgpack),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "vigil.frames.test.bad",
+        common::encode(&text, Encoding::Msgpack),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "vigil.frames.test.bad",
+        common::encode(&mismatched, Encoding::Msgpack),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "vigil.frames.test.bad",
+        common::encode(&common::frame("good", bus), Encoding::Msgpack),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let mut reasons = Vec::new();
+    for _ in 0..4 {
+        let (subject, json) = next_json(&mut dead).await;
+        assert_eq!(subject, "vigil.dlq.test.bad");
+        common::assert_valid("dlq.schema.json", &json);
+        reasons.push((
+            json["frame_id"].as_str().unwrap_or("-").to_string(),
+            json["reason"].as_str().unwrap().to_string(),
+        ));
+    }
+    reasons.sort();
+    let expected = [
+        ("-", "bad_request"),
+        ("mismatch", "bad_request"),
+        ("not-an-image", "bad_image"),
+        ("truncated", "bad_image"),
+    ];
+    assert_eq!(
+        reasons,
+        expected.map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+
+    let (_, json) = next_json(&mut events).await;
+    assert_eq!(json["frame_id"], "good");
+    common::eventually("no frame left behind", WAIT, || {
+        frames_settled(&js, "processors", "VIGIL_FRAMES")
+    })
+    .await;
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_replies_with_an_event_or_an_error() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("analyze"));
+    config.archive.enabled = false;
+    config.processor.enabled = false;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let request = |body: bytes::Bytes, headers: HeaderMap| {
+        let client = client.clone();
+        async move {
+            let request = async_nats::Request::new()
+                .payload(body)
+                .headers(headers)
+                .timeout(Some(WAIT));
+            client
+                .send_request("vigil.analyze", request)
+                .await
+                .expect("a reply")
+        }
+    };
+
+    // MessagePack in, MessagePack out, for the configured demo camera (ground positions).
+    let mut frame = common::frame("a-1", common::image("vtest_f100.png"));
+    (frame.site, frame.camera_id) = (Some("demo".into()), Some("vtest".into()));
+    let reply = request(common::encode(&frame, Encoding::Msgpack), HeaderMap::new()).await;
+    assert!(reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error"))
+        .is_none());
+    let json = common::body_json(reply.headers.as_ref(), &reply.payload);
+    common::assert_valid("event.schema.json", &json);
+    let event: RiskEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(event.event_id, "demo.vtest.a-1");
+    assert!(
+        event.counts.get("person").copied().unwrap_or(0) >= 3,
+        "{:?}",
+        event.counts
+    );
+    assert!(
+        event
+            .objects
+            .iter()
+            .any(|o| o.ground.is_some() && o.geo.is_some()),
+        "calibrated camera places objects"
+    );
+    assert_eq!(event.zones.len(), 3);
+
+    // JSON in, JSON out; site and camera default.
+    let mut json_headers = HeaderMap::new();
+    json_headers.insert(CONTENT_TYPE, JSON_CONTENT_TYPE);
+    let reply = request(
+        common::encode(
+            &common::frame("a-2", common::image("bus.jpg")),
+            Encoding::Json,
+        ),
+        json_headers.clone(),
+    )
+    .await;
+    assert_eq!(Encoding::of(reply.headers.as_ref()), Encoding::Json);
+    let json: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    common::assert_valid("event.schema.json", &json);
+    assert_eq!(json["event_id"], "default.analyze.a-2");
+
+    // A bad image: error body and service error headers, in the request's encoding.
+    let reply = request(
+        common::encode(
+            &common::frame("a-3", b"\x89PNG\r\n\x1a\ntruncated".to_vec()),
+            Encoding::Json,
+        ),
+        json_headers,
+    )
+    .await;
+    let headers = reply.headers.as_ref().expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error").map(|v| v.as_str()),
+        Some("bad_image")
+    );
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("400")
+    );
+    let json: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    common::assert_valid("error.schema.json", &json);
+    assert_eq!(json["error"]["code"], "bad_image");
+
+    // Not a frame at all.
+    let reply = request(bytes::Bytes::from_static(b"\xc1"), HeaderMap::new()).await;
+    let json = common::body_json(reply.headers.as_ref(), &reply.payload);
+    common::assert_valid("error.schema.json", &json);
+    assert_eq!(json["error"]["code"], "bad_request");
+
+    // The service API answers discovery.
+    let ping = client
+        .request("$SRV.PING.vigil", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let ping: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(ping["name"], "vigil");
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_frames_in_hand_and_loses_none() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("drain"));
+    config.archive.enabled = false;
+    config.processor.max_in_flight = 3;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut events = client.subscribe("vigil.events.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let sent = 8;
+    for i in 0..sent {
+        let frame = common::frame(&format!("drain-{i}"), common::image("vtest_f000.png"));
+        js.publish(
+            "vigil.frames.test.drain",
+            common::encode(&frame, Encoding::Msgpack),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    next_json(&mut events).await;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+
+    // Every frame pulled before the shutdown was finished and acked: none is left in
+    // processing, waiting for a redelivery timeout.
+    let mut processors = js
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>("processors", "VIGIL_FRAMES")
+        .await
+        .unwrap();
+    let info = processors.info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 0, "no frame abandoned mid-processing");
+    let mut counted = 1;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        counted += 1;
+    }
+    assert_eq!(
+        counted + info.num_pending as usize,
+        sent,
+        "each frame has an event or is still queued"
+    );
+    assert!(
+        info.num_pending > 0,
+        "the shutdown came before the backlog was done"
+    );
+}
