@@ -261,6 +261,18 @@ pub fn parse_class_names(text: &str) -> Option<Vec<String>> {
 
 /// Finds the ONNX Runtime library: config, then `ORT_DYLIB_PATH`, then the project's `.venv`.
 pub fn find_runtime(configured: Option<&Path>) -> Result<PathBuf, DetectError> {
+    search_runtime(
+        configured,
+        std::env::var_os("ORT_DYLIB_PATH"),
+        Path::new(".venv/lib"),
+    )
+}
+
+fn search_runtime(
+    configured: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    venv_lib: &Path,
+) -> Result<PathBuf, DetectError> {
     let mut searched = Vec::new();
     if let Some(path) = configured {
         if path.is_file() {
@@ -268,12 +280,11 @@ pub fn find_runtime(configured: Option<&Path>) -> Result<PathBuf, DetectError> {
         }
         searched.push(format!("detector.runtime_library={}", path.display()));
     }
-    match std::env::var_os("ORT_DYLIB_PATH") {
+    match env {
         Some(p) if Path::new(&p).is_file() => return Ok(PathBuf::from(p)),
         Some(p) => searched.push(format!("ORT_DYLIB_PATH={}", Path::new(&p).display())),
         None => searched.push("ORT_DYLIB_PATH (unset)".into()),
     }
-    let venv_lib = Path::new(".venv/lib");
     searched.push(format!(
         "{}/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.*",
         venv_lib.display()
@@ -682,11 +693,41 @@ mod tests {
     }
 
     #[test]
-    fn missing_runtime_names_what_was_searched() {
-        let err = find_runtime(Some(Path::new("/nonexistent/libonnxruntime.so"))).map(|_| ());
-        if let Err(DetectError::RuntimeNotFound { searched }) = err {
-            assert!(searched[0].contains("/nonexistent/libonnxruntime.so"));
+    fn runtime_search_order_and_what_a_miss_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = dir
+            .path()
+            .join("lib/python3.11/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        let venv_lib = dir.path().join("lib");
+        let err = search_runtime(Some(Path::new("/nope/libonnxruntime.so")), None, &venv_lib)
+            .unwrap_err();
+        let DetectError::RuntimeNotFound { searched } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(searched.len(), 3, "{searched:?}");
+        assert!(
+            err.to_string().contains("/nope/libonnxruntime.so")
+                && err.to_string().contains("ORT_DYLIB_PATH")
+        );
+
+        for version in ["1.31.0", "1.32.0"] {
+            std::fs::write(capi.join(format!("libonnxruntime.so.{version}")), b"").unwrap();
         }
-        // With ORT_DYLIB_PATH or a .venv present the search succeeds instead; both are fine.
+        let found = search_runtime(None, Some("/nope".into()), &venv_lib).unwrap();
+        assert_eq!(
+            found,
+            capi.join("libonnxruntime.so.1.32.0"),
+            "the newest in the venv"
+        );
+        let env_lib = capi.join("libonnxruntime.so.1.31.0");
+        assert_eq!(
+            search_runtime(None, Some(env_lib.clone().into()), &venv_lib).unwrap(),
+            env_lib
+        );
+        assert_eq!(
+            search_runtime(Some(&env_lib), None, Path::new("/nope")).unwrap(),
+            env_lib
+        );
     }
 }
