@@ -254,14 +254,6 @@ fn decode(message: &jetstream::Message) -> Option<Document> {
     }
 }
 
-/// Counts archived events matching `filter`.
-pub async fn count(
-    collection: &Collection<Document>,
-    filter: Document,
-) -> mongodb::error::Result<u64> {
-    collection.count_documents(filter).await
-}
-
 /// The `_id` filter for a list of event ids.
 pub fn ids_filter(ids: &[String]) -> Document {
     let ids: Vec<Bson> = ids.iter().cloned().map(Bson::String).collect();

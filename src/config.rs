@@ -3,7 +3,7 @@
 //! values fail at start with a message that names the key. Each module owns the settings it
 //! uses; this file assembles them and checks what serde cannot.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
@@ -402,14 +402,6 @@ impl Config {
     /// The configuration as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
-    }
-
-    /// Cameras by `(site, id)`.
-    pub fn camera_index(&self) -> BTreeMap<(String, String), &CameraConfig> {
-        self.cameras
-            .iter()
-            .map(|c| ((c.site.clone(), c.id.clone()), c))
-            .collect()
     }
 }
 

@@ -312,7 +312,7 @@ async fn archived_count(config: &Config, ids: &[String], wait: Duration) -> Opti
     let filter = crate::archive::ids_filter(ids);
     let deadline = Instant::now() + wait;
     loop {
-        let found = crate::archive::count(&collection, filter.clone()).await;
+        let found = collection.count_documents(filter.clone()).await;
         match found {
             Ok(n) if n as usize >= ids.len() || Instant::now() >= deadline => return Some(n),
             Err(_) if Instant::now() >= deadline => return None,

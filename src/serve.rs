@@ -57,9 +57,15 @@ impl Server {
             _ => None,
         };
         let service = match (&pipeline, config.service.enabled) {
-            (Some(p), true) => {
-                Some(AnalyzeService::build(client.clone(), config, p.clone()).await?)
-            }
+            (Some(p), true) => Some(
+                AnalyzeService::build(
+                    client.clone(),
+                    config,
+                    p.clone(),
+                    processor.as_ref().map(Processor::stats),
+                )
+                .await?,
+            ),
             _ => None,
         };
         let archiver = match config.archive.enabled {

@@ -2,6 +2,7 @@
 //! event or an error reply out, in the request's encoding. Built on the async-nats service
 //! API, so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer too.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::contract::{
     Encoding, ErrorBody, ErrorCode, ErrorReply, Frame, DEFAULT_CAMERA, DEFAULT_SITE,
 };
+use crate::ingest::ProcessorStats;
 use crate::pipeline::{AnalysisError, Origin, Pipeline};
 
 pub const SERVICE_NAME: &str = "vigil";
@@ -35,14 +37,25 @@ pub struct AnalyzeService {
 }
 
 impl AnalyzeService {
+    /// Registers the service; `$SRV.STATS.vigil` also reports the frame processor's counters
+    /// when this process runs one.
     pub async fn build(
         client: async_nats::Client,
         config: &Config,
         pipeline: Arc<Pipeline>,
+        processor: Option<Arc<ProcessorStats>>,
     ) -> Result<AnalyzeService, ServiceError> {
         let service = client
             .service_builder()
             .description("vigil: risk analysis of camera frames")
+            .stats_handler(move |_endpoint, _stats| match &processor {
+                Some(p) => serde_json::json!({
+                    "frames_processed": p.processed.load(Ordering::Relaxed),
+                    "frames_dead_lettered": p.dead_lettered.load(Ordering::Relaxed),
+                    "frames_retried": p.retried.load(Ordering::Relaxed),
+                }),
+                None => serde_json::Value::Null,
+            })
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| ServiceError(e.to_string()))?;

@@ -119,6 +119,15 @@ async fn bus_frame_becomes_an_event_and_an_archived_document() {
             .unwrap(),
         event.risk.level.as_str()
     );
+    let stats = client
+        .request("$SRV.STATS.vigil", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
+    assert_eq!(
+        stats["endpoints"][0]["data"]["frames_processed"], 1,
+        "{stats:#}"
+    );
     let indexes = archive.list_index_names().await.unwrap();
     assert!(
         indexes.contains(&"camera_time".to_string())
