@@ -134,7 +134,10 @@ impl Processor {
             loop {
                 let next = tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break 'pull,
+                    _ = shutdown.cancelled() => {
+                        hand_back(batch).await;
+                        break 'pull;
+                    }
                     m = batch.next() => m,
                 };
                 let message = match next {
@@ -340,6 +343,16 @@ fn check_subject(frame: &Frame, site: &str, camera: &str) -> Result<(), Analysis
         }
     }
     Ok(())
+}
+
+/// Naks, for immediate redelivery elsewhere, the frames a pull request still delivers after
+/// shutdown began: the server already counts them as ours, and would otherwise hold them until
+/// `ack_wait` runs out. Returns when the request is complete (at most `PULL_EXPIRY`).
+async fn hand_back(mut batch: jetstream::consumer::pull::Batch) {
+    while let Some(Ok(message)) = batch.next().await {
+        tracing::debug!(subject = %message.subject, "frame handed back");
+        ack(&message, AckKind::Nak(None)).await;
+    }
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {

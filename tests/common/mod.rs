@@ -131,6 +131,13 @@ pub fn config(nats: &NatsServer, database: &str) -> Config {
 
 /// Runs `vigil serve` in this process until the returned token is cancelled.
 pub async fn serve(config: &Config) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    // VIGIL_LOG=debug shows vigil's logs in a failing test's output.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let server = vigil::serve::Server::build(config)
         .await
         .expect("vigil serve builds");
