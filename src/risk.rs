@@ -36,6 +36,8 @@ pub struct RiskPolicy {
 pub struct ZoneKind {
     /// Points added per scored object inside a zone of this kind.
     pub weight: f64,
+    /// Classes the zone weight applies to; empty: every scored class.
+    pub classes: Vec<String>,
     /// Objects per square metre above which the zone counts as crowded (none: never).
     pub density_limit_per_m2: Option<f64>,
     /// Points added once per crowded zone.
@@ -46,6 +48,7 @@ impl Default for ZoneKind {
     fn default() -> Self {
         Self {
             weight: 0.0,
+            classes: Vec::new(),
             density_limit_per_m2: None,
             density_weight: 0.0,
         }
@@ -82,8 +85,9 @@ impl Default for RiskPolicy {
             ("bus", 3.0),
             ("truck", 3.0),
         ];
-        let kind = |weight, limit: Option<f64>, density_weight| ZoneKind {
+        let kind = |weight, classes: &[&str], limit: Option<f64>, density_weight| ZoneKind {
             weight,
+            classes: classes.iter().map(|c| c.to_string()).collect(),
             density_limit_per_m2: limit,
             density_weight,
         };
@@ -91,9 +95,9 @@ impl Default for RiskPolicy {
             language: Language::En,
             class_weights: weights.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             zone_kinds: BTreeMap::from([
-                ("restricted".to_string(), kind(40.0, None, 0.0)),
-                ("hazard".to_string(), kind(25.0, None, 0.0)),
-                ("crowd".to_string(), kind(0.0, Some(1.0), 30.0)),
+                ("restricted".to_string(), kind(55.0, &[], None, 0.0)),
+                ("hazard".to_string(), kind(15.0, &["person"], None, 0.0)),
+                ("crowd".to_string(), kind(0.0, &["person"], Some(1.0), 30.0)),
             ]),
             levels: LevelThresholds::default(),
         }
@@ -147,6 +151,16 @@ impl RiskPolicy {
         self.class_weights.get(label).copied().unwrap_or(0.0)
     }
 
+    /// Whether an object of `label` counts inside a zone of `kind`: a scored class the kind
+    /// applies to.
+    pub fn counts_in_zone(&self, label: &str, kind: &str) -> bool {
+        self.weight(label) > 0.0
+            && self
+                .zone_kinds
+                .get(kind)
+                .is_some_and(|k| k.classes.is_empty() || k.classes.iter().any(|c| c == label))
+    }
+
     /// The level of a score.
     pub fn level(&self, score: u8) -> Level {
         let l = &self.levels;
@@ -168,10 +182,9 @@ impl RiskPolicy {
     ) -> Assessment {
         let mut score = 0.0;
         for object in objects {
-            let weight = self.weight(&object.label);
-            score += weight;
-            if weight > 0.0 {
-                for zone in zones.iter().filter(|z| object.zones.contains(&z.id)) {
+            score += self.weight(&object.label);
+            for zone in zones.iter().filter(|z| object.zones.contains(&z.id)) {
+                if self.counts_in_zone(&object.label, &zone.kind) {
                     score += self.zone_kinds.get(&zone.kind).map_or(0.0, |k| k.weight);
                 }
             }
@@ -261,11 +274,9 @@ fn describe(
     let in_zones: Vec<String> = zones
         .iter()
         .filter_map(|zone| {
-            let inside = tally(
-                objects
-                    .iter()
-                    .filter(|o| policy.weight(&o.label) > 0.0 && o.zones.contains(&zone.id)),
-            );
+            let inside = tally(objects.iter().filter(|o| {
+                o.zones.contains(&zone.id) && policy.counts_in_zone(&o.label, &zone.kind)
+            }));
             (!inside.is_empty()).then(|| match lang {
                 Language::En => format!(
                     "{} in {} '{}'",
@@ -454,7 +465,10 @@ mod tests {
         let objects = vec![object("person", &["dock"]), object("chair", &["dock"])];
         let zones = vec![zone("dock", "restricted", 2, 0.1)];
         let a = p.assess(&objects, &zones, "cam");
-        assert_eq!((a.score, a.level), (45, Level::Medium)); // 5 + 40; the chair adds nothing
+        assert_eq!((a.score, a.level), (60, Level::High)); // 5 + 55; the chair adds nothing
+        let road = vec![zone("road", "hazard", 2, 0.1)];
+        let objects = vec![object("person", &["road"]), object("car", &["road"])];
+        assert_eq!(p.assess(&objects, &road, "cam").score, 23); // 5 + 15 + car 3, no zone weight
         let crowded = vec![zone("plaza", "crowd", 2, 1.5)];
         let objects = vec![object("person", &["plaza"]), object("person", &["plaza"])];
         assert_eq!(p.assess(&objects, &crowded, "cam").score, 40); // 2×5 + density 30
@@ -472,10 +486,10 @@ mod tests {
         let en = p
             .assess(&objects, &zones, "North gate (seoul-hq)")
             .description;
-        assert_eq!(en, "Medium risk: 2 people and 1 bus at North gate (seoul-hq). 1 person in restricted zone 'Zone dock'.");
+        assert_eq!(en, "High risk: 2 people and 1 bus at North gate (seoul-hq). 1 person in restricted zone 'Zone dock'.");
         p.language = Language::Ko;
         let ko = p.assess(&objects, &zones, "정문 (seoul-hq)").description;
-        assert_eq!(ko, "위험도 보통: 정문 (seoul-hq)에서 사람 2명, 버스 1대 감지. 제한 구역 'Zone dock'에 사람 1명.");
+        assert_eq!(ko, "위험도 높음: 정문 (seoul-hq)에서 사람 2명, 버스 1대 감지. 제한 구역 'Zone dock'에 사람 1명.");
         assert_eq!(
             p.assess(&[], &[], "정문").description,
             "위험 없음: 정문에서 감지된 객체 없음."
