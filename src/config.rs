@@ -500,4 +500,25 @@ zones = [{ id = "z", name = "Z", kind = "lava", polygon = [[0, 0], [1, 0], [1, 1
         let err = Config::from_toml(text).unwrap_err().to_string();
         assert!(err.contains("cameras[0].zones[0].kind"), "{err}");
     }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_variables_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("vigil.toml", "[detector]\nsessions = 2\n")?;
+            jail.set_env("VIGIL_DETECTOR__SESSIONS", "3");
+            jail.set_env("VIGIL_NATS__URL", "nats://nats:4222");
+            jail.set_env("VIGIL_CONFIG", "belongs to the command line");
+            let config = Config::load(Some(Path::new("vigil.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.detector.sessions, 3);
+            assert_eq!(config.nats.url, "nats://nats:4222");
+            jail.set_env("VIGIL_DETECTOR__SESION", "3");
+            let err = Config::load(Some(Path::new("vigil.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("sesion") && err.contains("VIGIL_"), "{err}");
+            let missing = Config::load(Some(Path::new("missing.toml")));
+            assert!(matches!(missing, Err(ConfigError::Missing(_))));
+            Ok(())
+        });
+    }
 }

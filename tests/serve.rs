@@ -462,3 +462,56 @@ async fn shutdown_finishes_frames_in_hand_and_loses_none() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_refuses_unknown_cameras_and_oversized_images_as_configured() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("refuse"));
+    config.archive.enabled = false;
+    config.processor.enabled = false;
+    config.pipeline.require_known_cameras = true;
+    config.vision.max_bytes = 100_000;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let ask = |frame: vigil::contract::Frame| {
+        let client = client.clone();
+        async move {
+            let reply = client
+                .request("vigil.analyze", common::encode(&frame, Encoding::Msgpack))
+                .await
+                .unwrap();
+            let code = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .map(|v| v.to_string());
+            (
+                code,
+                common::body_json(reply.headers.as_ref(), &reply.payload),
+            )
+        }
+    };
+
+    let (status, json) = ask(common::frame("u-1", common::image("vtest_f000.png"))).await;
+    assert_eq!(
+        (status.as_deref(), &json["error"]["code"]),
+        (Some("404"), &serde_json::json!("unknown_camera"))
+    );
+
+    let mut known = common::frame("u-2", common::image("bus.jpg"));
+    (known.site, known.camera_id) = (Some("demo".into()), Some("vtest".into()));
+    let (status, json) = ask(known.clone()).await;
+    assert_eq!(
+        (status.as_deref(), &json["error"]["code"]),
+        (Some("413"), &serde_json::json!("too_large")),
+        "bus.jpg is 137 kB"
+    );
+
+    known.image = common::image("zidane.jpg"); // 50 kB
+    let (status, json) = ask(known).await;
+    assert_eq!(status, None, "{json}");
+    common::assert_valid("event.schema.json", &json);
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
