@@ -502,6 +502,7 @@ zones = [{ id = "z", name = "Z", kind = "lava", polygon = [[0, 0], [1, 0], [1, 1
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
     fn environment_overrides_the_file_and_unknown_variables_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("vigil.toml", "[detector]\nsessions = 2\n")?;
