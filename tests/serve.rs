@@ -213,46 +213,20 @@ async fn unprocessable_frames_are_dead_lettered_and_the_next_frame_is_processed(
         camera_id: Some("other".into()),
         ..common::frame("mismatch", bus.clone())
     };
-    js.publish(
-        "vigil.frames.test.bad",
+    let bodies = [
         bytes::Bytes::from_static(b"\x00garbage, not msgpack"),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    js.publish(
-        "vigil.frames.test.bad",
         common::encode(&truncated, Encoding::Msgpack),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    js.publish(
-        "vigil.frames.test.bad",
         common::encode(&text, Encoding::Msgpack),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    js.publish(
-        "vigil.frames.test.bad",
         common::encode(&mismatched, Encoding::Msgpack),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    js.publish(
-        "vigil.frames.test.bad",
         common::encode(&common::frame("good", bus), Encoding::Msgpack),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    ];
+    for body in bodies {
+        js.publish("vigil.frames.test.bad", body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
 
     let mut reasons = Vec::new();
     for _ in 0..4 {
