@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 count=${1:-200}
 repeats=${2:-3}
 inflight=${3:-4}
-baseline=${VIGIL_BASELINE:-../shared/baseline}
+baseline=${BASELINE_DIR:-../shared/baseline}
 frames=../shared/testdata/sequences/vtest
 [ -d "$frames" ] || frames=testdata/sequences/vtest
 scripts/setup.sh

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-shared=${VIGIL_SHARED:-$root/../shared}
+shared=${SHARED_DIR:-$root/../shared}
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
 # --- nats-server (Debian's package) -------------------------------------------------------

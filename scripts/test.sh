@@ -22,8 +22,8 @@ for _ in $(seq 1 100); do
   kill -0 "$secantus_pid" 2>/dev/null || { cat "$run/secantus.log" >&2; exit 1; }
   sleep 0.2
 done
-export VIGIL_TEST_MONGODB_URI="mongodb://127.0.0.1:$port"
-echo "SecantusDB on $VIGIL_TEST_MONGODB_URI" >&2
+export TEST_MONGODB_URI="mongodb://127.0.0.1:$port"
+echo "SecantusDB on $TEST_MONGODB_URI" >&2
 
 cargo fmt --all -- --check
 if cargo nextest --version >/dev/null 2>&1; then

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::ErrorKind;
-use mongodb::options::IndexOptions;
+use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Collection, IndexModel};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,9 @@ use crate::config::{ArchiveConfig, Config};
 use crate::contract::{Encoding, RiskEvent};
 
 const DUPLICATE_KEY: i32 = 11000;
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// MongoDB's document size limit.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -31,12 +34,17 @@ pub enum ArchiveError {
 
 /// Opens the events collection (the client connects lazily, so MongoDB may still be down).
 pub async fn collection(config: &ArchiveConfig) -> Result<Collection<Document>, ArchiveError> {
-    let client = mongodb::Client::with_uri_str(&config.uri)
-        .await
-        .map_err(|source| ArchiveError::Uri {
-            uri: config.uri.clone(),
-            source,
-        })?;
+    let uri_error = |source| ArchiveError::Uri {
+        uri: config.uri.clone(),
+        source,
+    };
+    let mut options = ClientOptions::parse(&config.uri).await.map_err(uri_error)?;
+    // The driver's 30 s default would let one attempt outlast the archiver's ack_wait and the
+    // shutdown grace period; a shorter one keeps retries (and progress acks) frequent.
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    let client = mongodb::Client::with_options(options).map_err(uri_error)?;
     Ok(client
         .database(&config.database)
         .collection(&config.collection))
@@ -241,21 +249,67 @@ impl Archiver {
 fn decode(message: &jetstream::Message) -> Option<Document> {
     let event: Result<RiskEvent, _> =
         Encoding::of(message.headers.as_ref()).decode(&message.payload);
-    match event
-        .map_err(|e| e.to_string())
-        .and_then(|e| to_document(&e).map_err(|e| e.to_string()))
-    {
+    let document = event
+        .map_err(|e| format!("not a risk event: {e}"))
+        .and_then(|e| storable(&e));
+    match document {
         Ok(d) => Some(d),
         Err(e) => {
-            // Not a vigil event (someone else published on vigil.events.>): nothing to archive.
-            tracing::warn!(subject = %message.subject, error = %e, "skipping a message that is not a risk event");
+            // Retrying cannot help: the event stays in VIGIL_EVENTS for its max age.
+            tracing::error!(subject = %message.subject, error = %e, "event not archivable; skipped");
             None
         }
     }
+}
+
+/// The document for an event, checked as the driver will check it before sending (field
+/// names, size), so that one bad event cannot hold its whole batch in a retry loop.
+fn storable(event: &RiskEvent) -> Result<Document, String> {
+    let document = to_document(event).map_err(|e| e.to_string())?;
+    let raw = mongodb::bson::RawDocumentBuf::from_document(&document).map_err(|e| e.to_string())?;
+    if raw.as_bytes().len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "document is {} bytes, over MongoDB's 16 MiB",
+            raw.as_bytes().len()
+        ));
+    }
+    Ok(document)
 }
 
 /// The `_id` filter for a list of event ids.
 pub fn ids_filter(ids: &[String]) -> Document {
     let ids: Vec<Bson> = ids.iter().cloned().map(Bson::String).collect();
     doc! { "_id": { "$in": ids } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::error::{Error, InsertManyError};
+
+    fn insert_many_error(codes: &[i32]) -> mongodb::error::Result<()> {
+        let errors: Vec<mongodb::bson::Document> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, code)| doc! { "index": i as i32, "code": *code, "errmsg": "x" })
+            .collect();
+        let mut e: InsertManyError =
+            mongodb::bson::from_document(doc! { "writeErrors": errors }).unwrap();
+        e.write_concern_error = None;
+        Err(Error::from(ErrorKind::InsertMany(e)))
+    }
+
+    #[test]
+    fn duplicate_keys_count_as_stored_and_other_write_errors_as_refused() {
+        assert_eq!(classify(Ok(())), Outcome::Stored);
+        assert_eq!(
+            classify(insert_many_error(&[DUPLICATE_KEY, DUPLICATE_KEY])),
+            Outcome::Stored
+        );
+        assert!(
+            matches!(classify(insert_many_error(&[DUPLICATE_KEY, 2])), Outcome::Refused(r) if r.len() == 1)
+        );
+        let unreachable = Error::from(std::io::Error::other("connection refused"));
+        assert!(matches!(classify(Err(unreachable)), Outcome::Retry(_)));
+    }
 }

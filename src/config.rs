@@ -90,6 +90,8 @@ pub struct StreamsConfig {
     pub events_max_bytes: i64,
     /// Dead-letter records are kept this long (hours).
     pub dlq_max_age_h: u64,
+    /// Cap on the dead-letter stream's size in bytes; the oldest records go first.
+    pub dlq_max_bytes: i64,
     /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate (seconds).
     pub duplicate_window_s: u64,
     /// Stream replicas (1 on a single server; 3 on a cluster).
@@ -106,6 +108,7 @@ impl Default for StreamsConfig {
             events_max_age_h: 168,
             events_max_bytes: 0,
             dlq_max_age_h: 168,
+            dlq_max_bytes: 1 << 30,
             duplicate_window_s: 120,
             replicas: 1,
             events_encoding: Encoding::Msgpack,
@@ -184,9 +187,11 @@ impl Default for ArchiveConfig {
 pub struct ServiceConfig {
     /// Whether `vigil serve` answers `vigil.analyze`.
     pub enabled: bool,
-    /// Longest wait for a free detector before answering `overloaded` (milliseconds).
+    /// Longest a request waits for an analysis slot and a free detector before the reply is
+    /// `overloaded` (milliseconds, counted from its arrival).
     pub queue_timeout_ms: u64,
-    /// Requests analysed at once; more wait in NATS's queue group.
+    /// Requests analysed at once; up to four times as many more wait, the rest are refused
+    /// at once with `overloaded`.
     pub max_concurrent: usize,
 }
 
@@ -287,6 +292,12 @@ impl Config {
         if self.streams.frames_max_per_camera < 1 {
             return Err(ConfigError::invalid(
                 "streams.frames_max_per_camera",
+                "must be at least 1",
+            ));
+        }
+        if self.streams.dlq_max_bytes < 1 {
+            return Err(ConfigError::invalid(
+                "streams.dlq_max_bytes",
                 "must be at least 1",
             ));
         }

@@ -22,6 +22,8 @@ pub const DEFAULT_SITE: &str = "default";
 pub const DEFAULT_CAMERA: &str = "analyze";
 const MAX_FRAME_ID_CHARS: usize = 128;
 const MAX_TOKEN_CHARS: usize = 64;
+const MAX_META_ENTRIES: usize = 64;
+const MAX_META_BYTES: usize = 16 * 1024;
 
 /// A camera image and what the camera knows about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,7 +315,7 @@ pub fn validate_frame(frame: &Frame) -> Result<(), String> {
         ));
     }
     // The id travels in the Nats-Msg-Id header, where control characters would break framing.
-    if id.chars().any(char::is_control) {
+    if id.chars().any(|c| c.is_ascii_control()) {
         return Err("frame_id must not contain control characters".into());
     }
     for (field, value) in [("site", &frame.site), ("camera_id", &frame.camera_id)] {
@@ -325,6 +327,23 @@ pub fn validate_frame(frame: &Frame) -> Result<(), String> {
     }
     if frame.image.is_empty() {
         return Err("image is empty".into());
+    }
+    // meta is copied into the event, the reply and the archive: keep it small enough that an
+    // event always fits where its frame did, and its keys valid as document field names.
+    let meta_bytes: usize = frame.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if frame.meta.len() > MAX_META_ENTRIES || meta_bytes > MAX_META_BYTES {
+        return Err(format!(
+            "meta must have at most {MAX_META_ENTRIES} entries and {MAX_META_BYTES} bytes"
+        ));
+    }
+    if let Some(key) = frame
+        .meta
+        .keys()
+        .find(|k| k.is_empty() || k.chars().any(|c| c.is_ascii_control()))
+    {
+        return Err(format!(
+            "meta key {key:?} must be non-empty, without control characters"
+        ));
     }
     Ok(())
 }
@@ -497,6 +516,12 @@ mod tests {
         let mut f = frame();
         f.frame_id = "a\r\nb".into();
         assert!(validate_frame(&f).is_err());
+        let mut f = frame();
+        f.meta.insert("a\0b".into(), "x".into());
+        assert!(validate_frame(&f).unwrap_err().contains("meta key"));
+        let mut f = frame();
+        f.meta.insert("big".into(), "x".repeat(MAX_META_BYTES));
+        assert!(validate_frame(&f).unwrap_err().contains("meta"));
         assert!(validate_frame(&frame()).is_ok());
     }
 

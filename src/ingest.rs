@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Context};
 use bytes::Bytes;
 use chrono::Utc;
@@ -224,6 +225,15 @@ impl Processor {
                     tracing::debug!(frame_id, level = %event.risk.level, score = event.risk.score, "event published");
                     Outcome::Published
                 }
+                Err(PublishError::Publish(e))
+                    if e.kind() == PublishErrorKind::MaxPayloadExceeded =>
+                {
+                    let message = format!("the event does not fit the server's max_payload: {e}");
+                    give_up(
+                        Some(&frame_id),
+                        AnalysisError::new(ErrorCode::TooLarge, message),
+                    )
+                }
                 Err(e) => Outcome::Retry(format!("event not stored: {e}")),
             },
             Err(e) if e.code.is_transient() && delivery.delivered < self.max_deliver => {
@@ -240,25 +250,20 @@ impl Processor {
                 self.stats.processed.fetch_add(1, Ordering::Relaxed);
                 ack(message, AckKind::Ack).await;
             }
-            Outcome::Retry(reason) => {
+            Outcome::Retry(reason) if delivery.delivered < self.max_deliver => {
                 tracing::warn!(%reason, delivered = delivery.delivered, "frame will be redelivered");
                 self.retry(message).await;
             }
+            Outcome::Retry(reason) => {
+                // The server will not deliver it again: the DLQ is its last stop.
+                let error = AnalysisError::new(
+                    ErrorCode::Internal,
+                    format!("gave up after {} deliveries: {reason}", delivery.delivered),
+                );
+                self.dead_letter(message, delivery, None, error).await;
+            }
             Outcome::GiveUp { frame_id, error } => {
-                let record = DeadLetter {
-                    schema: DLQ_SCHEMA.into(),
-                    subject: message.subject.to_string(),
-                    site: delivery.site.clone(),
-                    camera_id: delivery.camera.clone(),
-                    frame_id,
-                    reason: error.code,
-                    message: error.message,
-                    stream_sequence: delivery.stream_sequence,
-                    delivered: u64::try_from(delivery.delivered).ok(),
-                    size_bytes: message.payload.len(),
-                    at: Utc::now(),
-                };
-                self.dead_letter(message, &record).await;
+                self.dead_letter(message, delivery, frame_id, error).await
             }
         }
     }
@@ -269,17 +274,39 @@ impl Processor {
     }
 
     /// Records the frame on the DLQ, then terminates it. If the record cannot be stored the
-    /// frame is redelivered instead: a dead letter is never lost either.
-    async fn dead_letter(&self, message: &jetstream::Message, record: &DeadLetter) {
+    /// frame is redelivered instead, while deliveries remain: a dead letter is not lost either.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        delivery: &Delivery,
+        frame_id: Option<String>,
+        error: AnalysisError,
+    ) {
+        let record = DeadLetter {
+            schema: DLQ_SCHEMA.into(),
+            subject: message.subject.to_string(),
+            site: delivery.site.clone(),
+            camera_id: delivery.camera.clone(),
+            frame_id,
+            reason: error.code,
+            message: error.message,
+            stream_sequence: delivery.stream_sequence,
+            delivered: u64::try_from(delivery.delivered).ok(),
+            size_bytes: message.payload.len(),
+            at: Utc::now(),
+        };
         tracing::info!(reason = %record.reason, message = %record.message, frame_id = ?record.frame_id, "frame dead-lettered");
-        match publish_dead_letter(&self.js, record).await {
+        match publish_dead_letter(&self.js, &record).await {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 ack(message, AckKind::Term).await;
             }
-            Err(e) => {
+            Err(e) if delivery.delivered < self.max_deliver => {
                 tracing::warn!(error = %e, "dead letter not stored; frame will be redelivered");
                 self.retry(message).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ?record, "dead letter not stored after the last delivery; the frame is dropped")
             }
         }
     }

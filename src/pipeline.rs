@@ -298,7 +298,8 @@ impl Pipeline {
                         let occupancy = objects
                             .iter()
                             .filter(|o| {
-                                self.policy.weight(&o.label) > 0.0 && o.zones.contains(&z.id)
+                                o.zones.contains(&z.id)
+                                    && self.policy.counts_in_zone(&o.label, &z.kind)
                             })
                             .count() as u32;
                         ZoneReport {

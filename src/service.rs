@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::contract::{
-    Encoding, ErrorBody, ErrorCode, ErrorReply, Frame, DEFAULT_CAMERA, DEFAULT_SITE,
+    Encoding, ErrorBody, ErrorCode, ErrorReply, Frame, RiskEvent, DEFAULT_CAMERA, DEFAULT_SITE,
 };
 use crate::ingest::ProcessorStats;
 use crate::pipeline::{AnalysisError, Origin, Pipeline};
@@ -34,6 +34,7 @@ pub struct AnalyzeService {
     pipeline: Arc<Pipeline>,
     patience: Duration,
     max_concurrent: usize,
+    max_payload: usize,
 }
 
 impl AnalyzeService {
@@ -70,33 +71,40 @@ impl AnalyzeService {
             pipeline,
             patience: Duration::from_millis(config.service.queue_timeout_ms),
             max_concurrent: config.service.max_concurrent,
+            max_payload: client.server_info().max_payload,
         })
     }
 
     /// Answers requests until `shutdown`, then answers those in hand and leaves the service.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.max_concurrent));
+        let ctx = Arc::new(Answering {
+            pipeline: self.pipeline.clone(),
+            patience: self.patience,
+            max_payload: self.max_payload,
+            running: Arc::new(Semaphore::new(self.max_concurrent)),
+            // Requests taken but waiting for a free slot; beyond this they are refused at
+            // once, so a flood costs neither memory nor anyone's timeout.
+            admitted: Arc::new(Semaphore::new(self.max_concurrent * 4)),
+        });
         let tasks = TaskTracker::new();
         tracing::info!(subject = "vigil.analyze", "analyze service started");
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
             let request = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 r = self.endpoint.next() => match r { Some(r) => r, None => break },
             };
-            let (pipeline, patience) = (self.pipeline.clone(), self.patience);
-            tasks.spawn(async move {
-                answer(&pipeline, request, patience).await;
-                drop(permit);
-            });
+            tasks.spawn(ctx.clone().take(request));
         }
         if let Err(e) = self.endpoint.stop().await {
             tracing::warn!(error = %e, "cannot unsubscribe the analyze endpoint");
+        }
+        // Requests already delivered to this instance are answered too: the queue group will
+        // not send them elsewhere.
+        while let Ok(Some(request)) =
+            tokio::time::timeout(Duration::from_millis(200), self.endpoint.next()).await
+        {
+            tasks.spawn(ctx.clone().take(request));
         }
         tasks.close();
         tasks.wait().await;
@@ -107,30 +115,79 @@ impl AnalyzeService {
     }
 }
 
-async fn answer(pipeline: &Pipeline, request: service::Request, patience: Duration) {
-    let received = Instant::now();
-    let encoding = Encoding::of(request.message.headers.as_ref());
-    let result = analyze(
-        pipeline,
-        &request.message.payload,
-        encoding,
-        received,
-        patience,
-    )
-    .await;
-    let (body, headers) = match result.and_then(|event| {
-        encoding
-            .encode(&event)
-            .map_err(|e| AnalysisError::new(ErrorCode::Internal, e.to_string()))
-    }) {
-        Ok(body) => (body, encoding.headers()),
-        Err(error) => error_reply(&error, encoding),
-    };
-    if let Err(e) = request
-        .respond_with_headers(Ok(Bytes::from(body)), headers)
-        .await
-    {
-        tracing::warn!(error = %e, "cannot send the analyze reply");
+/// What answering a request needs.
+struct Answering {
+    pipeline: Arc<Pipeline>,
+    patience: Duration,
+    max_payload: usize,
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+}
+
+impl Answering {
+    /// Admits, waits for a slot (until the request's patience runs out) and answers.
+    async fn take(self: Arc<Self>, request: service::Request) {
+        let received = Instant::now();
+        let encoding = Encoding::of(request.message.headers.as_ref());
+        let overloaded = |why: &str| AnalysisError::new(ErrorCode::Overloaded, why.to_string());
+        let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
+            return self
+                .reply(
+                    &request,
+                    Err(overloaded("too many analyze requests waiting")),
+                    encoding,
+                )
+                .await;
+        };
+        let deadline = tokio::time::Instant::from_std(received + self.patience);
+        let Ok(Ok(_running)) =
+            tokio::time::timeout_at(deadline, self.running.clone().acquire_owned()).await
+        else {
+            let error = overloaded(&format!("no analysis slot free within {:?}", self.patience));
+            return self.reply(&request, Err(error), encoding).await;
+        };
+        let remaining = self.patience.saturating_sub(received.elapsed());
+        let result = analyze(
+            &self.pipeline,
+            &request.message.payload,
+            encoding,
+            received,
+            remaining,
+        )
+        .await;
+        self.reply(&request, result, encoding).await;
+    }
+
+    async fn reply(
+        &self,
+        request: &service::Request,
+        result: Result<RiskEvent, AnalysisError>,
+        encoding: Encoding,
+    ) {
+        let encoded = result.and_then(|event| {
+            let body = encoding
+                .encode(&event)
+                .map_err(|e| AnalysisError::new(ErrorCode::Internal, e.to_string()))?;
+            if body.len() > self.max_payload {
+                let message = format!(
+                    "the event is {} bytes, over the server's max_payload of {}",
+                    body.len(),
+                    self.max_payload
+                );
+                return Err(AnalysisError::new(ErrorCode::TooLarge, message));
+            }
+            Ok(body)
+        });
+        let (body, headers) = match encoded {
+            Ok(body) => (body, encoding.headers()),
+            Err(error) => error_reply(&error, encoding),
+        };
+        if let Err(e) = request
+            .respond_with_headers(Ok(Bytes::from(body)), headers)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send the analyze reply");
+        }
     }
 }
 
@@ -140,7 +197,7 @@ async fn analyze(
     encoding: Encoding,
     received: Instant,
     patience: Duration,
-) -> Result<crate::contract::RiskEvent, AnalysisError> {
+) -> Result<RiskEvent, AnalysisError> {
     let frame: Frame = encoding
         .decode(payload)
         .map_err(|e| AnalysisError::new(ErrorCode::BadRequest, e.to_string()))?;

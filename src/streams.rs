@@ -112,6 +112,7 @@ fn stream_configs(s: &StreamsConfig, max_payload: usize) -> [stream::Config; 3] 
             subjects: vec![subjects::DLQ_ALL.into()],
             retention: stream::RetentionPolicy::Limits,
             max_age: hours(s.dlq_max_age_h),
+            max_bytes: s.dlq_max_bytes,
             num_replicas: s.replicas,
             ..Default::default()
         },

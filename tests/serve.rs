@@ -181,14 +181,44 @@ async fn a_frame_published_twice_gives_one_event_and_one_document() {
         1,
         "one event in VIGIL_EVENTS"
     );
-    let archive = collection(&config).await;
+    let stats = client
+        .request("$SRV.STATS.vigil", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
     assert_eq!(
-        archive
-            .count_documents(doc! { "camera_id": "dup" })
-            .await
-            .unwrap(),
+        stats["endpoints"][0]["data"]["frames_processed"], 2,
+        "both copies analysed"
+    );
+    let archive = collection(&config).await;
+    let one = doc! { "camera_id": "dup" };
+    assert_eq!(
+        archive.count_documents(one.clone()).await.unwrap(),
         1,
         "one document"
+    );
+
+    // The same event again after the stream's duplicate window (published without a
+    // Nats-Msg-Id): the archive's duplicate key counts as stored, and the archiver moves on.
+    let mut copies = counter.fetch().max_messages(1).messages().await.unwrap();
+    let event = copies.next().await.unwrap().unwrap();
+    js.publish_with_headers(
+        event.subject.clone(),
+        event.headers.clone().unwrap_or_default(),
+        event.payload.clone(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    common::eventually("the archive past the duplicate", WAIT, || {
+        frames_settled(&js, "archiver", "VIGIL_EVENTS")
+    })
+    .await;
+    assert_eq!(
+        archive.count_documents(one).await.unwrap(),
+        1,
+        "still one document"
     );
 
     shutdown.cancel();
@@ -411,6 +441,9 @@ async fn shutdown_finishes_frames_in_hand_and_loses_none() {
         before_restart < sent,
         "the shutdown came before the backlog was done"
     );
+    // Three frames were in processing when the first event came out: the two still running
+    // were finished before the processor stopped.
+    assert!(before_restart >= 2, "frames in hand finished: {seen:?}");
 
     // A second processor gets every remaining frame at once: the stopped one finished what it
     // had started and handed back what it had not, so nothing waits for the 60 s ack_wait.

@@ -1,5 +1,5 @@
 //! Real servers for the integration tests: a nats-server with JetStream started per test on
-//! a free port, a MongoDB-wire server (VIGIL_TEST_MONGODB_URI, which scripts/test.sh points at
+//! a free port, a MongoDB-wire server (TEST_MONGODB_URI, which scripts/test.sh points at
 //! a SecantusDB it starts; otherwise one is started here from the project's .venv), the real
 //! model, and the shared test images.
 #![allow(dead_code)]
@@ -39,7 +39,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let bin = std::env::var("VIGIL_TEST_NATS_SERVER").unwrap_or_else(|_| {
+        let bin = std::env::var("TEST_NATS_SERVER").unwrap_or_else(|_| {
             if Path::new("/usr/sbin/nats-server").exists() {
                 "/usr/sbin/nats-server".into()
             } else {
@@ -80,7 +80,7 @@ impl Drop for NatsServer {
 /// The MongoDB-wire server shared by the tests of one binary.
 pub fn mongodb_uri() -> String {
     static URI: OnceLock<(String, Option<SecantusGuard>)> = OnceLock::new();
-    URI.get_or_init(|| match std::env::var("VIGIL_TEST_MONGODB_URI") {
+    URI.get_or_init(|| match std::env::var("TEST_MONGODB_URI") {
         Ok(uri) => (uri, None),
         Err(_) => {
             let port = free_port();
@@ -147,7 +147,7 @@ pub async fn serve(config: &Config) -> (CancellationToken, tokio::task::JoinHand
 }
 
 pub fn testdata() -> PathBuf {
-    let dir = std::env::var("VIGIL_TESTDATA")
+    let dir = std::env::var("TEST_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             ["../shared/testdata", "testdata"]
