@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: unit tests and the integration tests against a real nats-server (started
 # per test on a free port), a real MongoDB-wire server (SecantusDB, started here on a free
-# port) and the real model. Sets up what it needs first (scripts/setup.sh).
+# port; TEST_MONGODB_URI=mongodb://… uses an existing MongoDB instead) and the real model.
+# Sets up what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,16 +15,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-.venv/bin/python -m secantus --port "$port" --storage-path "$run/mongo" >"$run/secantus.log" 2>&1 &
-secantus_pid=$!
-for _ in $(seq 1 100); do
-  (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  kill -0 "$secantus_pid" 2>/dev/null || { cat "$run/secantus.log" >&2; exit 1; }
-  sleep 0.2
-done
-export TEST_MONGODB_URI="mongodb://127.0.0.1:$port"
-echo "SecantusDB on $TEST_MONGODB_URI" >&2
+if [ -z "${TEST_MONGODB_URI:-}" ]; then
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  .venv/bin/python -m secantus --port "$port" --storage-path "$run/mongo" >"$run/secantus.log" 2>&1 &
+  secantus_pid=$!
+  for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    kill -0 "$secantus_pid" 2>/dev/null || { cat "$run/secantus.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  export TEST_MONGODB_URI="mongodb://127.0.0.1:$port"
+fi
+echo "MongoDB for the tests: $TEST_MONGODB_URI" >&2
 
 cargo fmt --all -- --check
 if cargo nextest --version >/dev/null 2>&1; then

@@ -41,6 +41,9 @@ enum Command {
         /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write the image with the detected boxes drawn on it (red: inside a zone).
+        #[arg(long, value_name = "OUT.png|OUT.jpg")]
+        annotate: Option<PathBuf>,
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -106,10 +109,15 @@ async fn main() -> anyhow::Result<()> {
             site,
             camera,
             json,
+            annotate,
             timeout,
         } => {
             let reply =
                 play::analyze(&config, &image, site, camera, Duration::from_secs(timeout)).await?;
+            if let (AnalyzeReply::Event(event), Some(out)) = (&reply, &annotate) {
+                play::annotate(&std::fs::read(&image)?, event, out)?;
+                eprintln!("annotated image written to {}", out.display());
+            }
             match (reply, json) {
                 (AnalyzeReply::Event(event), true) => {
                     println!("{}", serde_json::to_string_pretty(&event)?)

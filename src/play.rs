@@ -37,6 +37,8 @@ pub enum PlayError {
     },
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error("cannot write the annotated image: {0}")]
+    Annotate(String),
 }
 
 fn nats_err(e: impl std::fmt::Display) -> PlayError {
@@ -406,4 +408,36 @@ pub async fn analyze(
     } else {
         AnalyzeReply::Event(Box::new(encoding.decode(&reply.payload)?))
     })
+}
+
+/// Draws the event's boxes on the frame (thicker for objects inside a zone) and writes it to
+/// `out`, in the format its extension names.
+pub fn annotate(image: &[u8], event: &RiskEvent, out: &Path) -> Result<(), PlayError> {
+    use imageproc::drawing::draw_hollow_rect_mut;
+    use imageproc::rect::Rect;
+
+    let failed = |e: &dyn std::fmt::Display| PlayError::Annotate(e.to_string());
+    let mut canvas = crate::vision::decode(image, &Default::default()).map_err(|e| failed(&e))?;
+    for object in &event.objects {
+        let b = &object.bbox;
+        let colour = if object.zones.is_empty() {
+            image::Rgb([255, 200, 0])
+        } else {
+            image::Rgb([255, 40, 40])
+        };
+        let thickness = if object.zones.is_empty() { 2 } else { 4 };
+        for t in 0..thickness {
+            let (x, y) = (b.x1 as i32 - t, b.y1 as i32 - t);
+            let (w, h) = (
+                (b.x2 - b.x1) as u32 + 2 * t as u32,
+                (b.y2 - b.y1) as u32 + 2 * t as u32,
+            );
+            draw_hollow_rect_mut(
+                &mut canvas,
+                Rect::at(x, y).of_size(w.max(1), h.max(1)),
+                colour,
+            );
+        }
+    }
+    canvas.save(out).map_err(|e| failed(&e))
 }

@@ -339,6 +339,19 @@ async fn analyze_replies_with_an_event_or_an_error() {
         "calibrated camera places objects"
     );
     assert_eq!(event.zones.len(), 3);
+    // `vigil analyze --annotate` draws the reply's boxes on the frame.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("annotated.png");
+    vigil::play::annotate(&common::image("vtest_f100.png"), &event, &path).unwrap();
+    let drawn = image::open(&path).unwrap().into_rgb8();
+    for o in &event.objects {
+        let edge = drawn.get_pixel(o.bbox.x1 as u32, ((o.bbox.y1 + o.bbox.y2) / 2.0) as u32);
+        // Red inside a zone, amber elsewhere; where boxes overlap the later one wins.
+        assert!(
+            [[255, 200, 0], [255, 40, 40]].contains(&edge.0),
+            "left edge of {o:?}: {edge:?}"
+        );
+    }
 
     // JSON in, JSON out; site and camera default.
     let mut json_headers = HeaderMap::new();
