@@ -244,11 +244,10 @@ pub async fn play(config: &Config, options: &PlayOptions) -> Result<PlaySummary,
                 *summary.levels.entry(event.risk.level.to_string()).or_default() += 1;
                 ids.push(event.event_id.clone());
                 println!("{}", event_line(&event));
-                if published && sent_at.is_empty() { break }
             }
             _ = &mut deadline, if published => break,
         }
-        if published && sent_at.is_empty() && latencies.len() == count {
+        if published && sent_at.is_empty() {
             break;
         }
     }

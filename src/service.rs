@@ -31,10 +31,7 @@ pub struct ServiceError(String);
 pub struct AnalyzeService {
     service: service::Service,
     endpoint: service::endpoint::Endpoint,
-    pipeline: Arc<Pipeline>,
-    patience: Duration,
-    max_concurrent: usize,
-    max_payload: usize,
+    answering: Arc<Answering>,
 }
 
 impl AnalyzeService {
@@ -65,27 +62,25 @@ impl AnalyzeService {
             .endpoint(ENDPOINT)
             .await
             .map_err(|e| ServiceError(e.to_string()))?;
+        let max_concurrent = config.service.max_concurrent;
+        let answering = Arc::new(Answering {
+            pipeline,
+            patience: Duration::from_millis(config.service.queue_timeout_ms),
+            max_payload: client.server_info().max_payload,
+            running: Arc::new(Semaphore::new(max_concurrent)),
+            // Requests taken but waiting for a free slot; beyond this they are refused at
+            // once, so a flood costs neither memory nor anyone's timeout.
+            admitted: Arc::new(Semaphore::new(max_concurrent * 4)),
+        });
         Ok(AnalyzeService {
             service,
             endpoint,
-            pipeline,
-            patience: Duration::from_millis(config.service.queue_timeout_ms),
-            max_concurrent: config.service.max_concurrent,
-            max_payload: client.server_info().max_payload,
+            answering,
         })
     }
 
     /// Answers requests until `shutdown`, then answers those in hand and leaves the service.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let ctx = Arc::new(Answering {
-            pipeline: self.pipeline.clone(),
-            patience: self.patience,
-            max_payload: self.max_payload,
-            running: Arc::new(Semaphore::new(self.max_concurrent)),
-            // Requests taken but waiting for a free slot; beyond this they are refused at
-            // once, so a flood costs neither memory nor anyone's timeout.
-            admitted: Arc::new(Semaphore::new(self.max_concurrent * 4)),
-        });
         let tasks = TaskTracker::new();
         tracing::info!(subject = "vigil.analyze", "analyze service started");
         loop {
@@ -94,7 +89,7 @@ impl AnalyzeService {
                 _ = shutdown.cancelled() => break,
                 r = self.endpoint.next() => match r { Some(r) => r, None => break },
             };
-            tasks.spawn(ctx.clone().take(request));
+            tasks.spawn(self.answering.clone().take(request));
         }
         if let Err(e) = self.endpoint.stop().await {
             tracing::warn!(error = %e, "cannot unsubscribe the analyze endpoint");
@@ -104,7 +99,7 @@ impl AnalyzeService {
         while let Ok(Some(request)) =
             tokio::time::timeout(Duration::from_millis(200), self.endpoint.next()).await
         {
-            tasks.spawn(ctx.clone().take(request));
+            tasks.spawn(self.answering.clone().take(request));
         }
         tasks.close();
         tasks.wait().await;

@@ -24,6 +24,15 @@ async fn next_json(sub: &mut async_nats::Subscriber) -> (String, serde_json::Val
     )
 }
 
+/// The frame id of an event message.
+fn frame_id_of(message: &async_nats::Message) -> String {
+    let json = common::body_json(message.headers.as_ref(), &message.payload);
+    json["frame_id"]
+        .as_str()
+        .expect("an event with a frame_id")
+        .to_string()
+}
+
 async fn collection(config: &vigil::config::Config) -> mongodb::Collection<Document> {
     vigil::archive::collection(&config.archive)
         .await
@@ -442,12 +451,7 @@ async fn shutdown_finishes_frames_in_hand_and_loses_none() {
         .expect("shutdown completes")
         .unwrap();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
-        seen.insert(
-            common::body_json(m.headers.as_ref(), &m.payload)["frame_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        seen.insert(frame_id_of(&m));
     }
     let before_restart = seen.len();
     assert!(
@@ -467,12 +471,7 @@ async fn shutdown_finishes_frames_in_hand_and_loses_none() {
         let m = m
             .unwrap_or_else(|_| panic!("frames missing after restart: saw {seen:?}"))
             .unwrap();
-        seen.insert(
-            common::body_json(m.headers.as_ref(), &m.payload)["frame_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        seen.insert(frame_id_of(&m));
     }
     assert_eq!(seen, (0..sent).map(|i| format!("drain-{i}")).collect());
     common::eventually("the frames stream empty", WAIT, || {
