@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         .get(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(usize::MAX);
-    let files: Vec<PathBuf> = vigil::play::frame_files(&dir)?
+    let files: Vec<PathBuf> = vigil::tools::play::frame_files(&dir)?
         .into_iter()
         .take(count)
         .collect();

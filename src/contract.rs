@@ -24,6 +24,13 @@ const MAX_FRAME_ID_CHARS: usize = 128;
 const MAX_TOKEN_CHARS: usize = 64;
 const MAX_META_ENTRIES: usize = 64;
 const MAX_META_BYTES: usize = 16 * 1024;
+/// Longest quote of client input in an error message, a dead letter or a log line.
+pub const MAX_EXCERPT_CHARS: usize = 200;
+/// Frames captured before this are refused: no camera vigil serves took them, and a clock
+/// that says so is broken (an unset RTC says 1970 or 2000-01-01 00:00).
+pub const EARLIEST_CAPTURED_AT: &str = "2000-01-01T00:01:00Z";
+/// A MessagePack frame is a map of fields whose values nest at most this deep.
+const MAX_MSGPACK_DEPTH: usize = 8;
 
 /// A camera image and what the camera knows about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,20 +254,39 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// A frame vigil gave up on, published on `vigil.dlq.<site>.<camera>`.
+/// A frame vigil gave up on, or an event the archive refused, published on
+/// `vigil.dlq.<site>.<camera>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub schema: String,
+    /// Where vigil gave up: analysing a frame, or archiving its event.
+    #[serde(default)]
+    pub stage: Stage,
     pub subject: String,
     pub site: String,
     pub camera_id: String,
     pub frame_id: Option<String>,
+    /// The refused event's id (archive stage only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     pub reason: ErrorCode,
     pub message: String,
     pub stream_sequence: Option<u64>,
     pub delivered: Option<u64>,
     pub size_bytes: usize,
     pub at: DateTime<Utc>,
+}
+
+/// The stage a dead letter comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The frame could not be analysed (`stream_sequence` is in VIGIL_FRAMES).
+    #[default]
+    Frame,
+    /// The event could not be archived (`stream_sequence` is in VIGIL_EVENTS, where the
+    /// event stays for `streams.events_max_age_h`).
+    Archive,
 }
 
 /// Subjects of the data path.
@@ -305,47 +331,191 @@ pub fn event_id(site: &str, camera: &str, frame_id: &str) -> String {
     format!("{site}.{camera}.{frame_id}")
 }
 
-/// Checks the parts of a frame that the types cannot: id lengths and token syntax.
-pub fn validate_frame(frame: &Frame) -> Result<(), String> {
+/// Why a decoded frame is refused (`bad_request`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame_id must be 1–{MAX_FRAME_ID_CHARS} characters, got {0}")]
+    FrameIdLength(usize),
+    #[error("frame_id must not contain control characters")]
+    FrameIdControl,
+    #[error("{field} \"{value}\" must match [A-Za-z0-9_-]{{1,64}}")]
+    Token { field: &'static str, value: String },
+    #[error("image is empty")]
+    EmptyImage,
+    #[error("meta must have at most {MAX_META_ENTRIES} entries and {MAX_META_BYTES} bytes")]
+    MetaSize,
+    #[error("meta key \"{0}\" must be non-empty, without control characters")]
+    MetaKey(String),
+    #[error("captured_at {at} is before {EARLIEST_CAPTURED_AT}: the camera's clock is not set")]
+    CapturedTooEarly { at: DateTime<Utc> },
+    #[error("captured_at {at} is more than {ahead_s} s ahead of this server's clock ({now})")]
+    CapturedInFuture {
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        ahead_s: i64,
+    },
+    #[error("pose.{field} is {value}; it must be {range}")]
+    Pose {
+        field: &'static str,
+        value: f64,
+        range: &'static str,
+    },
+}
+
+/// Checks the parts of a frame that the types cannot: ids, tokens, sizes, a plausible capture
+/// time (not before [`EARLIEST_CAPTURED_AT`], at most `max_ahead` after `now`), a finite pose
+/// within range.
+pub fn validate_frame(
+    frame: &Frame,
+    now: DateTime<Utc>,
+    max_ahead: chrono::Duration,
+) -> Result<(), FrameError> {
     let id = &frame.frame_id;
     let chars = id.chars().count();
     if chars == 0 || chars > MAX_FRAME_ID_CHARS {
-        return Err(format!(
-            "frame_id must be 1–{MAX_FRAME_ID_CHARS} characters, got {chars}"
-        ));
+        return Err(FrameError::FrameIdLength(chars));
     }
     // The id travels in the Nats-Msg-Id header, where control characters would break framing.
-    if id.chars().any(|c| c.is_ascii_control()) {
-        return Err("frame_id must not contain control characters".into());
+    if id.chars().any(|c| c.is_control()) {
+        return Err(FrameError::FrameIdControl);
     }
     for (field, value) in [("site", &frame.site), ("camera_id", &frame.camera_id)] {
         if let Some(v) = value {
             if !is_token(v) {
-                return Err(format!("{field} {v:?} must match [A-Za-z0-9_-]{{1,64}}"));
+                let value = excerpt(v, MAX_TOKEN_CHARS + 2);
+                return Err(FrameError::Token { field, value });
             }
         }
     }
     if frame.image.is_empty() {
-        return Err("image is empty".into());
+        return Err(FrameError::EmptyImage);
     }
     // meta is copied into the event, the reply and the archive: keep it small enough that an
     // event always fits where its frame did, and its keys valid as document field names.
     let meta_bytes: usize = frame.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
     if frame.meta.len() > MAX_META_ENTRIES || meta_bytes > MAX_META_BYTES {
-        return Err(format!(
-            "meta must have at most {MAX_META_ENTRIES} entries and {MAX_META_BYTES} bytes"
-        ));
+        return Err(FrameError::MetaSize);
     }
     if let Some(key) = frame
         .meta
         .keys()
-        .find(|k| k.is_empty() || k.chars().any(|c| c.is_ascii_control()))
+        .find(|k| k.is_empty() || k.chars().any(|c| c.is_control()))
     {
-        return Err(format!(
-            "meta key {key:?} must be non-empty, without control characters"
-        ));
+        return Err(FrameError::MetaKey(excerpt(key, 64)));
+    }
+    let at = frame.captured_at;
+    if at < earliest_captured_at() {
+        return Err(FrameError::CapturedTooEarly { at });
+    }
+    if at > now + max_ahead {
+        let ahead_s = max_ahead.num_seconds();
+        return Err(FrameError::CapturedInFuture { at, now, ahead_s });
+    }
+    if let Some(pose) = &frame.pose {
+        pose.validate()?;
     }
     Ok(())
+}
+
+fn earliest_captured_at() -> DateTime<Utc> {
+    // A constant string that parses: checked by a unit test.
+    EARLIEST_CAPTURED_AT
+        .parse()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+impl Pose {
+    /// Every field finite and within its range.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        let checks: [(&'static str, f64, f64, f64, &'static str); 7] = [
+            ("lat", self.lat, -90.0, 90.0, "between -90 and 90 degrees"),
+            (
+                "lon",
+                self.lon,
+                -180.0,
+                180.0,
+                "between -180 and 180 degrees",
+            ),
+            (
+                "alt_m",
+                self.alt_m,
+                0.0,
+                20_000.0,
+                "between 0 and 20000 metres",
+            ),
+            (
+                "heading_deg",
+                self.heading_deg,
+                -360.0,
+                360.0,
+                "between -360 and 360 degrees",
+            ),
+            (
+                "pitch_deg",
+                self.pitch_deg,
+                -90.0,
+                90.0,
+                "between -90 and 90 degrees",
+            ),
+            (
+                "roll_deg",
+                self.roll_deg,
+                -180.0,
+                180.0,
+                "between -180 and 180 degrees",
+            ),
+            (
+                "hfov_deg",
+                self.hfov_deg,
+                1.0,
+                179.0,
+                "between 1 and 179 degrees",
+            ),
+        ];
+        for (field, value, low, high, range) in checks {
+            if !(value.is_finite() && (low..=high).contains(&value)) {
+                return Err(FrameError::Pose {
+                    field,
+                    value,
+                    range,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At most `max_chars` of `text`, control characters escaped, saying how much was left out:
+/// whatever a client sends, an error message, a dead letter or a log line that quotes it stays
+/// small.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(max_chars.min(text.len()) + 24);
+    let mut shown = 0;
+    let mut rest = 0;
+    for c in text.chars() {
+        if shown >= max_chars {
+            rest += c.len_utf8();
+            continue;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        shown += 1;
+    }
+    if rest > 0 {
+        out.push_str(&format!("… ({rest} more bytes)"));
+    }
+    out
+}
+
+/// `message` cut to [`MAX_EXCERPT_CHARS`] characters, control characters escaped.
+pub fn bounded(message: &str) -> String {
+    if message.len() <= MAX_EXCERPT_CHARS && !message.chars().any(|c| c.is_control()) {
+        return message.to_string();
+    }
+    excerpt(message, MAX_EXCERPT_CHARS)
 }
 
 /// How a message body is encoded.
@@ -361,6 +531,12 @@ pub enum Encoding {
 pub enum CodecError {
     #[error("not valid MessagePack for this message: {0}")]
     Msgpack(#[from] rmp_serde::decode::Error),
+    #[error("not a frame: {0}")]
+    Shape(&'static str),
+    #[error("not valid MessagePack: {0}")]
+    MsgpackValue(#[from] rmpv::decode::Error),
+    #[error("{0} bytes after the end of the message")]
+    Trailing(usize),
     #[error("not valid JSON for this message: {0}")]
     Json(#[from] serde_json::Error),
     #[error("could not encode MessagePack: {0}")]
@@ -400,6 +576,23 @@ impl Encoding {
         })
     }
 
+    /// Decodes a frame, holding it to the documented shape: a map with named fields (not the
+    /// array form serde would also take), the image as bytes (a MessagePack bin, a base64 string
+    /// in JSON; not an array of numbers), `pose` and `meta` as maps, nothing after the body.
+    pub fn decode_frame(self, body: &[u8]) -> Result<Frame, CodecError> {
+        match self {
+            Encoding::Msgpack => {
+                check_msgpack_frame(body)?;
+                Ok(rmp_serde::from_slice(body)?)
+            }
+            Encoding::Json => {
+                let value: serde_json::Value = serde_json::from_slice(body)?;
+                check_json_frame(&value)?;
+                Ok(serde_json::from_value(value)?)
+            }
+        }
+    }
+
     /// Headers that declare this encoding (none for the MessagePack default).
     pub fn headers(self) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -408,6 +601,58 @@ impl Encoding {
         }
         headers
     }
+}
+
+fn check_msgpack_frame(body: &[u8]) -> Result<(), CodecError> {
+    use rmpv::ValueRef;
+    let mut rest = body;
+    let value = rmpv::decode::read_value_ref_with_max_depth(&mut rest, MAX_MSGPACK_DEPTH)?;
+    let ValueRef::Map(fields) = value else {
+        return Err(CodecError::Shape(
+            "a frame is a MessagePack map of named fields",
+        ));
+    };
+    if !rest.is_empty() {
+        return Err(CodecError::Trailing(rest.len()));
+    }
+    for (key, value) in &fields {
+        let name = match key {
+            ValueRef::String(s) => s.as_str(),
+            _ => None,
+        };
+        let ok = match name {
+            Some("image") => matches!(value, ValueRef::Binary(_)),
+            Some("pose") | Some("meta") => matches!(value, ValueRef::Map(_) | ValueRef::Nil),
+            Some(_) => true,
+            None => return Err(CodecError::Shape("frame field names are strings")),
+        };
+        if !ok {
+            return Err(CodecError::Shape(
+                "image must be a bin, pose and meta maps (with named fields)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_json_frame(value: &serde_json::Value) -> Result<(), CodecError> {
+    use serde_json::Value;
+    let Value::Object(fields) = value else {
+        return Err(CodecError::Shape("a frame is a JSON object"));
+    };
+    for (key, value) in fields {
+        let ok = match key.as_str() {
+            "image" => value.is_string(),
+            "pose" | "meta" => matches!(value, Value::Object(_) | Value::Null),
+            _ => true,
+        };
+        if !ok {
+            return Err(CodecError::Shape(
+                "image must be a base64 string, pose and meta objects",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Image bytes: a MessagePack bin, or a base64 string in JSON.
@@ -505,24 +750,214 @@ mod tests {
         );
     }
 
+    fn check(f: &Frame) -> Result<(), FrameError> {
+        let now = "2026-11-26T12:00:01Z".parse().unwrap();
+        validate_frame(f, now, chrono::Duration::seconds(3600))
+    }
+
     #[test]
     fn frame_validation_names_the_problem() {
         let mut f = frame();
         f.frame_id = "x".repeat(129);
-        assert!(validate_frame(&f).unwrap_err().contains("frame_id"));
+        assert_eq!(check(&f), Err(FrameError::FrameIdLength(129)));
         let mut f = frame();
         f.camera_id = Some("bad camera".into());
-        assert!(validate_frame(&f).unwrap_err().contains("camera_id"));
+        assert!(matches!(
+            check(&f),
+            Err(FrameError::Token {
+                field: "camera_id",
+                ..
+            })
+        ));
         let mut f = frame();
         f.frame_id = "a\r\nb".into();
-        assert!(validate_frame(&f).is_err());
+        assert_eq!(check(&f), Err(FrameError::FrameIdControl));
+        let mut f = frame();
+        f.frame_id = "a\u{85}b".into(); // a C1 control character
+        assert_eq!(check(&f), Err(FrameError::FrameIdControl));
         let mut f = frame();
         f.meta.insert("a\0b".into(), "x".into());
-        assert!(validate_frame(&f).unwrap_err().contains("meta key"));
+        assert!(matches!(check(&f), Err(FrameError::MetaKey(_))));
         let mut f = frame();
         f.meta.insert("big".into(), "x".repeat(MAX_META_BYTES));
-        assert!(validate_frame(&f).unwrap_err().contains("meta"));
-        assert!(validate_frame(&frame()).is_ok());
+        assert_eq!(check(&f), Err(FrameError::MetaSize));
+        assert_eq!(check(&frame()), Ok(()));
+    }
+
+    #[test]
+    fn capture_times_outside_a_plausible_range_are_refused() {
+        assert!(earliest_captured_at() > DateTime::<Utc>::MIN_UTC);
+        let mut f = frame();
+        for early in [
+            "0000-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2000-01-01T00:00:00Z",
+        ] {
+            f.captured_at = early.parse().unwrap();
+            assert!(
+                matches!(check(&f), Err(FrameError::CapturedTooEarly { .. })),
+                "{early}"
+            );
+        }
+        f.captured_at = "2026-11-26T12:59:00Z".parse().unwrap();
+        assert_eq!(
+            check(&f),
+            Ok(()),
+            "59 minutes ahead is within the hour allowed"
+        );
+        f.captured_at = "2026-11-26T13:01:02Z".parse().unwrap();
+        assert!(matches!(
+            check(&f),
+            Err(FrameError::CapturedInFuture { .. })
+        ));
+        f.captured_at = "9999-12-31T23:59:59Z".parse().unwrap();
+        assert!(matches!(
+            check(&f),
+            Err(FrameError::CapturedInFuture { .. })
+        ));
+    }
+
+    #[test]
+    fn a_pose_must_be_finite_and_in_range() {
+        let good = Pose {
+            lat: 37.5,
+            lon: 127.0,
+            alt_m: 60.0,
+            heading_deg: 90.0,
+            pitch_deg: -60.0,
+            roll_deg: 0.0,
+            hfov_deg: 84.0,
+        };
+        let mut f = frame();
+        f.pose = Some(good);
+        assert_eq!(check(&f), Ok(()));
+        for (field, bad) in [
+            (
+                "lat",
+                Pose {
+                    lat: f64::NAN,
+                    ..good
+                },
+            ),
+            ("lon", Pose { lon: 181.0, ..good }),
+            (
+                "alt_m",
+                Pose {
+                    alt_m: f64::INFINITY,
+                    ..good
+                },
+            ),
+            (
+                "alt_m",
+                Pose {
+                    alt_m: -1.0,
+                    ..good
+                },
+            ),
+            (
+                "hfov_deg",
+                Pose {
+                    hfov_deg: 0.0,
+                    ..good
+                },
+            ),
+            (
+                "pitch_deg",
+                Pose {
+                    pitch_deg: f64::NEG_INFINITY,
+                    ..good
+                },
+            ),
+        ] {
+            f.pose = Some(bad);
+            assert!(
+                matches!(check(&f), Err(FrameError::Pose { field: name, .. }) if name == field),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn excerpts_are_bounded_and_escaped() {
+        let hostile = "\u{1}".repeat(500_000);
+        let e = excerpt(&hostile, 10);
+        assert!(e.len() < 100, "{e}");
+        assert!(
+            e.starts_with("\\u{1}") && e.ends_with("(499990 more bytes)"),
+            "{e}"
+        );
+        assert_eq!(excerpt("cam-1", 10), "cam-1");
+        let long = bounded(&format!("invalid type: string {hostile:?}"));
+        assert!(long.chars().count() < MAX_EXCERPT_CHARS + 40, "{long}");
+        assert_eq!(bounded("short and clean"), "short and clean");
+    }
+
+    #[test]
+    fn frames_must_have_the_documented_shape() {
+        let good = Encoding::Msgpack.encode(&frame()).unwrap();
+        assert_eq!(Encoding::Msgpack.decode_frame(&good).unwrap(), frame());
+        // Trailing bytes after the body.
+        let trailing = [good.as_slice(), b"xx"].concat();
+        assert!(matches!(
+            Encoding::Msgpack.decode_frame(&trailing),
+            Err(CodecError::Trailing(2))
+        ));
+        // The array (tuple) form serde would also accept.
+        let array = rmp_serde::to_vec(&frame()).unwrap();
+        assert!(matches!(
+            Encoding::Msgpack.decode_frame(&array),
+            Err(CodecError::Shape(_))
+        ));
+        // The image as an array of integers.
+        let mut value = rmpv::decode::read_value(&mut &good[..]).unwrap();
+        if let rmpv::Value::Map(fields) = &mut value {
+            for (k, v) in fields.iter_mut() {
+                if k.as_str() == Some("image") {
+                    *v = rmpv::Value::Array(vec![
+                        rmpv::Value::from(255u8),
+                        rmpv::Value::from(216u8),
+                    ]);
+                }
+            }
+        }
+        let mut ints = Vec::new();
+        rmpv::encode::write_value(&mut ints, &value).unwrap();
+        assert!(matches!(
+            Encoding::Msgpack.decode_frame(&ints),
+            Err(CodecError::Shape(_))
+        ));
+        // Nesting deeper than a frame ever needs.
+        let mut deep = rmpv::Value::Nil;
+        for _ in 0..50 {
+            deep = rmpv::Value::Array(vec![deep]);
+        }
+        let mut nested = Vec::new();
+        let map = rmpv::Value::Map(vec![(rmpv::Value::from("extra"), deep)]);
+        rmpv::encode::write_value(&mut nested, &map).unwrap();
+        assert!(matches!(
+            Encoding::Msgpack.decode_frame(&nested),
+            Err(CodecError::MsgpackValue(_))
+        ));
+        // JSON: an array, the image as numbers, trailing text.
+        let json = Encoding::Json.encode(&frame()).unwrap();
+        assert_eq!(Encoding::Json.decode_frame(&json).unwrap(), frame());
+        let as_array =
+            serde_json::to_vec(&serde_json::json!(["f-1", "2026-11-26T12:00:00Z", "/9j/"]))
+                .unwrap();
+        assert!(matches!(
+            Encoding::Json.decode_frame(&as_array),
+            Err(CodecError::Shape(_))
+        ));
+        let numbers = br#"{"frame_id":"a","captured_at":"2026-11-26T12:00:00Z","image":[255,216]}"#;
+        assert!(matches!(
+            Encoding::Json.decode_frame(numbers),
+            Err(CodecError::Shape(_))
+        ));
+        let trailing = [json.as_slice(), b" {}"].concat();
+        assert!(matches!(
+            Encoding::Json.decode_frame(&trailing),
+            Err(CodecError::Json(_))
+        ));
     }
 
     #[test]

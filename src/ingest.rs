@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Context};
-use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -17,20 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::backlog::Backlog;
 use crate::config::Config;
-use crate::contract::{subjects, DeadLetter, Encoding, ErrorCode, Frame, RiskEvent, DLQ_SCHEMA};
+use crate::contract::{self, subjects, DeadLetter, Encoding, ErrorCode, Frame, Stage, DLQ_SCHEMA};
 use crate::pipeline::{AnalysisError, Origin, Pipeline};
+use crate::publish::{self, PublishError};
 
 /// How long one pull request waits for frames; also the longest a shutdown waits on it.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("cannot encode: {0}")]
-    Encode(#[from] crate::contract::CodecError),
-    #[error("JetStream did not take the message: {0}")]
-    Publish(#[from] jetstream::context::PublishError),
-}
 
 /// Counters of what the processor did, for logs and service stats.
 #[derive(Debug, Default)]
@@ -40,41 +32,17 @@ pub struct ProcessorStats {
     pub retried: AtomicU64,
 }
 
-/// Publishes an event with `Nats-Msg-Id = event_id` and waits for the stream's ack.
-pub async fn publish_event(
-    js: &Context,
-    event: &RiskEvent,
-    encoding: Encoding,
-) -> Result<(), PublishError> {
-    let body = encoding.encode(event)?;
-    let message = jetstream::message::PublishMessage::build()
-        .payload(Bytes::from(body))
-        .headers(encoding.headers())
-        .message_id(&event.event_id);
-    let subject = subjects::event(event.risk.level, &event.site, &event.camera_id);
-    js.send_publish(subject, message).await?.await?;
-    Ok(())
-}
-
-/// Publishes a dead-letter record (JSON, so that `nats sub` shows it readably).
-pub async fn publish_dead_letter(js: &Context, record: &DeadLetter) -> Result<(), PublishError> {
-    let body = Encoding::Json.encode(record)?;
-    let message = jetstream::message::PublishMessage::build()
-        .payload(Bytes::from(body))
-        .headers(Encoding::Json.headers());
-    js.send_publish(subjects::dlq(&record.site, &record.camera_id), message)
-        .await?
-        .await?;
-    Ok(())
-}
-
 pub struct Processor {
     js: Context,
     consumer: PullConsumer,
     pipeline: Arc<Pipeline>,
+    backlog: Backlog,
     max_in_flight: usize,
     max_deliver: i64,
     retry_delay: Duration,
+    /// How long an event may take to be stored before the frame is handed back (half the
+    /// consumer's ack_wait: the frame is kept in progress meanwhile).
+    publish_patience: Duration,
     encoding: Encoding,
     stats: Arc<ProcessorStats>,
 }
@@ -87,13 +55,16 @@ impl Processor {
         pipeline: Arc<Pipeline>,
     ) -> Result<Processor, crate::streams::StreamsError> {
         let consumer = crate::streams::processors(&js, config).await?;
+        let backlog = Backlog::build(&js, config).await?;
         Ok(Processor {
             js,
             consumer,
             pipeline,
+            backlog,
             max_in_flight: config.max_in_flight(),
             max_deliver: config.processor.max_deliver,
             retry_delay: Duration::from_millis(config.processor.retry_delay_ms),
+            publish_patience: Duration::from_secs(config.processor.ack_wait_s) / 2,
             encoding: config.streams.events_encoding,
             stats: Arc::new(ProcessorStats::default()),
         })
@@ -103,8 +74,15 @@ impl Processor {
         self.stats.clone()
     }
 
+    pub fn backlog_stats(&self) -> Arc<crate::backlog::BacklogStats> {
+        self.backlog.stats()
+    }
+
     /// Processes frames until `shutdown`; then stops pulling and finishes the frames in hand.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let backlog = tokio::spawn(
+            std::mem::replace(&mut self.backlog, Backlog::detached()).run(shutdown.clone()),
+        );
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.max_in_flight));
         let tasks = TaskTracker::new();
@@ -172,6 +150,7 @@ impl Processor {
         if let Err(e) = this.js.client().flush().await {
             tracing::warn!(error = %e, "flush on shutdown failed");
         }
+        let _ = backlog.await;
         tracing::info!("processor stopped");
     }
 
@@ -200,18 +179,21 @@ impl Processor {
             );
             return give_up(None, error);
         }
-        let frame: Frame = match Encoding::of(message.headers.as_ref()).decode(&message.payload) {
-            Ok(f) => f,
-            Err(e) => {
-                return give_up(
-                    None,
-                    AnalysisError::new(ErrorCode::BadRequest, e.to_string()),
-                )
-            }
-        };
-        let frame_id = frame.frame_id.clone();
+        let frame: Frame =
+            match Encoding::of(message.headers.as_ref()).decode_frame(&message.payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    return give_up(
+                        None,
+                        AnalysisError::new(ErrorCode::BadRequest, e.to_string()),
+                    )
+                }
+            };
+        // Quoted, bounded: the id may be anything until the pipeline has validated it.
+        let frame_id = contract::excerpt(&frame.frame_id, 128);
+        let frame_id = frame_id.as_str();
         if let Err(error) = check_subject(&frame, &delivery.site, &delivery.camera) {
-            return give_up(Some(&frame_id), error);
+            return give_up(Some(frame_id), error);
         }
         let origin = Origin {
             site: &delivery.site,
@@ -220,17 +202,15 @@ impl Processor {
             patience: None,
         };
         match self.pipeline.process(frame, origin).await {
-            Ok(event) => match publish_event(&self.js, &event, self.encoding).await {
+            Ok(event) => match self.publish(message, &event).await {
                 Ok(()) => {
                     tracing::debug!(frame_id, level = %event.risk.level, score = event.risk.score, "event published");
                     Outcome::Published
                 }
-                Err(PublishError::Publish(e))
-                    if e.kind() == PublishErrorKind::MaxPayloadExceeded =>
-                {
-                    let message = format!("the event does not fit the server's max_payload: {e}");
+                Err(e) if e.is_permanent() => {
+                    let message = format!("the event cannot be published: {e}");
                     give_up(
-                        Some(&frame_id),
+                        Some(frame_id),
                         AnalysisError::new(ErrorCode::TooLarge, message),
                     )
                 }
@@ -239,8 +219,28 @@ impl Processor {
             Err(e) if e.code.is_transient() && delivery.delivered < self.max_deliver => {
                 Outcome::Retry(e.to_string())
             }
-            Err(error) => give_up(Some(&frame_id), error),
+            Err(error) => give_up(Some(frame_id), error),
         }
+    }
+
+    /// Publishes the event, trying again while the stream does not answer (a cluster electing
+    /// a new leader, a reconnect), for up to `publish_patience`; the frame is kept in progress
+    /// meanwhile so that no other processor starts it again. Only then is it handed back.
+    async fn publish(
+        &self,
+        message: &jetstream::Message,
+        event: &contract::RiskEvent,
+    ) -> Result<(), PublishError> {
+        let deadline = tokio::time::Instant::now() + self.publish_patience;
+        publish::retry_until(
+            deadline,
+            || publish::publish_event(&self.js, event, self.encoding),
+            |error| async move {
+                tracing::debug!(%error, event_id = %event.event_id, "event not stored yet; trying again");
+                let _ = message.ack_with(AckKind::Progress).await;
+            },
+        )
+        .await
     }
 
     /// Acks, naks or dead-letters the frame according to the outcome.
@@ -284,6 +284,8 @@ impl Processor {
     ) {
         let record = DeadLetter {
             schema: DLQ_SCHEMA.into(),
+            stage: Stage::Frame,
+            event_id: None,
             subject: message.subject.to_string(),
             site: delivery.site.clone(),
             camera_id: delivery.camera.clone(),
@@ -296,7 +298,7 @@ impl Processor {
             at: Utc::now(),
         };
         tracing::info!(reason = %record.reason, message = %record.message, frame_id = ?record.frame_id, "frame dead-lettered");
-        match publish_dead_letter(&self.js, &record).await {
+        match publish::publish_dead_letter(&self.js, &record).await {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 ack(message, AckKind::Term).await;

@@ -25,19 +25,23 @@
 //! - [`ingest`]: the frame processor: pull, process, publish, ack / DLQ / retry.
 //! - [`archive`]: the MongoDB archiver.
 //! - [`service`]: the NATS service answering `vigil.analyze`.
-//! - [`serve`]: `vigil serve`, all of the above with a draining shutdown.
-//! - [`play`]: plays a folder of frames as a camera and reports the events (the demo).
+//! - [`publish`]: events and dead letters into JetStream (ack awaited, retried while it lasts).
+//! - [`backlog`]: counts the frames JetStream dropped unanalysed (backlog limit, age).
+//! - [`serve`]: `vigil serve`, all of the above with a bounded, draining shutdown.
+//! - [`tools`]: clients for people at a terminal: play, watch events, analyze one image.
 
 pub mod archive;
+pub mod backlog;
 pub mod config;
 pub mod contract;
 pub mod detect;
 pub mod geo;
 pub mod ingest;
 pub mod pipeline;
-pub mod play;
+pub mod publish;
 pub mod risk;
 pub mod serve;
 pub mod service;
 pub mod streams;
+pub mod tools;
 pub mod vision;

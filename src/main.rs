@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use vigil::config::Config;
-use vigil::play::{self, AnalyzeReply, PlayOptions};
+use vigil::tools::{analyze, play, status, watch};
 
 #[derive(Parser)]
 #[command(
@@ -65,22 +65,35 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
-    /// Print risk events as they are published.
+    /// Print risk events as VIGIL_EVENTS stores them (each once, in order).
     Events {
         /// Subject filter, e.g. vigil.events.critical.> or vigil.events.*.seoul-hq.>
         #[arg(default_value = "vigil.events.>")]
         subject: String,
     },
-    /// Print the resolved configuration and each camera's homography reprojection error.
+    /// Print the resolved configuration (secrets masked) and each camera's calibration error.
     CheckConfig,
+    /// Exit 0 when a `vigil serve` answers $SRV.PING.vigil, 1 otherwise (for scripts).
+    Ping {
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
+    /// Print the counters of every running `vigil serve`, one JSON line each.
+    Stats {
+        /// Seconds to collect answers.
+        #[arg(long, default_value_t = 1)]
+        wait: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Services log their state changes; the interactive commands keep stderr for problems.
+    // The NATS client's own INFO lines (one per reconnect attempt) are left to vigil's.
     let default_filter = match cli.command {
-        Command::Serve | Command::Archive => "info",
+        Command::Serve | Command::Archive => "info,async_nats=warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -89,20 +102,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
+    let mut config =
+        Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
     match cli.command {
-        Command::Serve => {
-            let server = vigil::serve::Server::build(&config).await?;
-            server.run(shutdown_signal()).await;
-        }
+        Command::Serve => serve(&config).await?,
         Command::Archive => {
-            let client = vigil::streams::connect(&config.nats).await?;
-            let js = async_nats::jetstream::new(client.clone());
-            vigil::streams::ensure_streams(&js, &config, client.server_info().max_payload).await?;
-            vigil::archive::Archiver::build(&js, &config)
-                .await?
-                .run(shutdown_signal())
-                .await;
+            config.processor.enabled = false;
+            config.service.enabled = false;
+            config.archive.enabled = true;
+            serve(&config).await?
         }
         Command::Analyze {
             image,
@@ -112,25 +120,16 @@ async fn main() -> anyhow::Result<()> {
             annotate,
             timeout,
         } => {
-            let reply =
-                play::analyze(&config, &image, site, camera, Duration::from_secs(timeout)).await?;
-            if let (AnalyzeReply::Event(event), Some(out)) = (&reply, &annotate) {
-                play::annotate(&std::fs::read(&image)?, event, out)?;
-                eprintln!("annotated image written to {}", out.display());
-            }
-            match (reply, json) {
-                (AnalyzeReply::Event(event), true) => {
-                    println!("{}", serde_json::to_string_pretty(&event)?)
-                }
-                (AnalyzeReply::Event(event), false) => print!("{}", play::event_report(&event)),
-                (AnalyzeReply::Error(error), true) => {
-                    println!("{}", serde_json::to_string_pretty(&error)?);
-                    std::process::exit(2);
-                }
-                (AnalyzeReply::Error(error), false) => {
-                    eprintln!("error {}: {}", error.error.code, error.error.message);
-                    std::process::exit(2);
-                }
+            let options = analyze::AnalyzeOptions {
+                image,
+                site,
+                camera,
+                json,
+                annotate,
+                timeout: Duration::from_secs(timeout),
+            };
+            if !analyze::run(&config, &options).await? {
+                std::process::exit(2);
             }
         }
         Command::Play {
@@ -141,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             count,
             wait,
         } => {
-            let options = PlayOptions {
+            let options = play::PlayOptions {
                 frames,
                 site,
                 camera,
@@ -159,41 +158,36 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Events { subject } => play::watch(&config, &subject).await?,
-        Command::CheckConfig => check_config(&config),
+        Command::Events { subject } => watch::watch(&config, &subject).await?,
+        Command::CheckConfig => print!("{}", config.check_report()),
+        Command::Ping { timeout } => {
+            if !status::ping(&config, Duration::from_secs(timeout)).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Stats { wait } => {
+            for instance in status::stats(&config, Duration::from_secs(wait)).await? {
+                println!("{instance}");
+            }
+        }
     }
     Ok(())
 }
 
-fn check_config(config: &Config) {
-    print!("{}", config.to_toml());
-    println!("\n# cameras");
-    if config.cameras.is_empty() {
-        println!("# (none: every camera is analysed without ground positions)");
-    }
-    for camera in &config.cameras {
-        let report = match camera.ground_model() {
-            Ok(Some(h)) if !camera.calibration.is_empty() => {
-                let e = h.reprojection_error(&camera.calibration);
-                format!(
-                    "homography fitted from {} points, reprojection error rms {:.3} m, max {:.3} m",
-                    camera.calibration.len(),
-                    e.rms_m,
-                    e.max_m
-                )
-            }
-            Ok(Some(_)) => "homography given as a matrix".to_string(),
-            Ok(None) => "no ground calibration: objects get no ground position".to_string(),
-            Err((field, e)) => format!("{field}: {e}"),
-        };
-        println!(
-            "# {}/{} ({}): {report}; {} zone(s)",
-            camera.site,
-            camera.id,
-            camera.display_name(),
-            camera.zones.len()
-        );
-    }
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let server = match vigil::serve::Server::build(config, &shutdown).await {
+        Ok(server) => server,
+        Err(vigil::serve::ServeError::Streams(vigil::streams::StreamsError::Cancelled {
+            ..
+        })) => {
+            tracing::info!("stopped before NATS was reachable");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    server.run(shutdown).await;
+    Ok(())
 }
 
 /// Cancelled on the first SIGINT or SIGTERM.

@@ -6,7 +6,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use chrono::{DateTime, Utc};
 
@@ -29,11 +32,19 @@ pub struct AnalysisError {
 }
 
 impl AnalysisError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// The message is cut to a bounded excerpt: it may quote what a client sent, and it ends up
+    /// in replies, dead letters and logs.
+    pub fn new(code: ErrorCode, message: impl AsRef<str>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: contract::bounded(message.as_ref()),
         }
+    }
+}
+
+impl From<contract::FrameError> for AnalysisError {
+    fn from(e: contract::FrameError) -> Self {
+        AnalysisError::new(ErrorCode::BadRequest, e.to_string())
     }
 }
 
@@ -82,6 +93,10 @@ pub struct Origin<'a> {
 pub struct Pipeline {
     detector: Detector,
     limits: ImageLimits,
+    /// Pixels that may be decoded at once, across every frame and request in this process:
+    /// each decode holds as many permits as its image has pixels until it is letterboxed.
+    decode_budget: Arc<Semaphore>,
+    max_clock_ahead: chrono::Duration,
     policy: RiskPolicy,
     cameras: HashMap<(String, String), CameraModel>,
     require_known_cameras: bool,
@@ -128,9 +143,15 @@ impl Pipeline {
             };
             cameras.insert((camera.site.clone(), camera.id.clone()), model);
         }
+        let budget = usize::try_from(config.vision.max_decoded_pixels_in_flight)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        let ahead = i64::try_from(config.pipeline.max_clock_ahead_s).unwrap_or(i64::MAX / 1000);
         Ok(Pipeline {
             detector,
             limits: config.vision.clone(),
+            decode_budget: Arc::new(Semaphore::new(budget)),
+            max_clock_ahead: chrono::Duration::try_seconds(ahead).unwrap_or(chrono::Duration::MAX),
             policy: config.risk.clone(),
             cameras,
             require_known_cameras: config.pipeline.require_known_cameras,
@@ -148,8 +169,7 @@ impl Pipeline {
         origin: Origin<'_>,
     ) -> Result<RiskEvent, AnalysisError> {
         let started = Instant::now();
-        contract::validate_frame(&frame)
-            .map_err(|m| AnalysisError::new(ErrorCode::BadRequest, m))?;
+        contract::validate_frame(&frame, Utc::now(), self.max_clock_ahead)?;
         let camera = self
             .cameras
             .get(&(origin.site.to_string(), origin.camera.to_string()));
@@ -164,15 +184,20 @@ impl Pipeline {
             self.detector.info().input_width,
             self.detector.info().input_height,
         );
+        let image = std::mem::take(&mut frame.image);
+        let probe = vision::probe(&image, &self.limits)?;
+        let budget = self.reserve_pixels(&probe, origin.patience).await?;
         let tensor = self.detector.take_buffer();
         let limits = self.limits.clone();
-        let image = std::mem::take(&mut frame.image);
-        let (size, letterbox, tensor) =
-            tokio::task::spawn_blocking(move || prepare(&image, &limits, input_w, input_h, tensor))
-                .await
-                .map_err(|e| {
-                    AnalysisError::new(ErrorCode::Internal, format!("decode task failed: {e}"))
-                })??;
+        let (size, letterbox, tensor) = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor);
+            drop(budget);
+            prepared
+        })
+        .await
+        .map_err(|e| {
+            AnalysisError::new(ErrorCode::Internal, format!("decode task failed: {e}"))
+        })??;
         let decoded = started.elapsed();
 
         let inference = self.detector.detect(tensor, origin.patience).await?;
@@ -203,6 +228,28 @@ impl Pipeline {
             timings,
             Utc::now(),
         ))
+    }
+
+    /// Waits until the image's pixels fit the decode budget (at most `patience`).
+    async fn reserve_pixels(
+        &self,
+        probe: &vision::Probe,
+        patience: Option<Duration>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, AnalysisError> {
+        // probe() checked the pixels against max_pixels, which the config keeps within the
+        // budget, so the request can always be granted eventually.
+        let pixels = u32::try_from(probe.pixels()).unwrap_or(u32::MAX);
+        let acquire = self.decode_budget.clone().acquire_many_owned(pixels);
+        let permit = match patience {
+            Some(p) => tokio::time::timeout(p, acquire).await.map_err(|_| {
+                AnalysisError::new(
+                    ErrorCode::Overloaded,
+                    format!("no room to decode within {p:?} (vision.max_decoded_pixels_in_flight)"),
+                )
+            })?,
+            None => acquire.await,
+        };
+        permit.map_err(|_| AnalysisError::new(ErrorCode::Internal, "the pipeline is shut down"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,12 +367,13 @@ impl Pipeline {
 /// Decode and letterbox, on a blocking thread.
 fn prepare(
     bytes: &[u8],
+    probe: &vision::Probe,
     limits: &ImageLimits,
     input_w: u32,
     input_h: u32,
     mut tensor: Vec<f32>,
 ) -> Result<(ImageSize, Letterbox, Vec<f32>), AnalysisError> {
-    let image = vision::decode(bytes, limits)?;
+    let image = vision::decode_probed(bytes, probe, limits)?;
     let size = ImageSize {
         width: image.width(),
         height: image.height(),

@@ -2,8 +2,8 @@
 //! the analyze service and the archiver side by side until shutdown drains them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{ArchiveError, Archiver};
@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::detect::{DetectError, Detector};
 use crate::ingest::Processor;
 use crate::pipeline::Pipeline;
-use crate::service::{AnalyzeService, ServiceError};
+use crate::service::{AnalyzeService, Counters, ServiceError};
 use crate::streams::{self, StreamsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +34,28 @@ pub struct Server {
     processor: Option<Processor>,
     service: Option<AnalyzeService>,
     archiver: Option<Archiver>,
+    drain_timeout: Duration,
 }
 
 impl Server {
-    /// Connects, creates or updates the streams and consumers, loads the model. Fails here,
-    /// before any frame is touched, on anything that is misconfigured or missing.
-    pub async fn build(config: &Config) -> Result<Server, ServeError> {
-        let client = streams::connect(&config.nats).await?;
+    /// Connects (waiting for NATS until `shutdown`), creates or updates the streams and
+    /// consumers, loads the model. Fails here, before any frame is touched, on anything that
+    /// is misconfigured or missing. What runs is what the config enables (`processor`,
+    /// `service`, `archive`).
+    pub async fn build(
+        config: &Config,
+        shutdown: &CancellationToken,
+    ) -> Result<Server, ServeError> {
+        let client = streams::connect_service(&config.nats, shutdown).await?;
         let max_payload = client.server_info().max_payload;
-        let js = jetstream::new(client.clone());
+        let js = crate::publish::context(client.clone());
         streams::ensure_streams(&js, config, max_payload).await?;
-        tracing::info!(url = %config.nats.url, max_payload, "connected to NATS; streams ready");
+        tracing::info!(
+            url = %crate::config::mask_userinfo(&config.nats.url),
+            server = %client.server_info().version,
+            max_payload,
+            "connected to NATS; streams ready"
+        );
 
         let pipeline = if config.processor.enabled || config.service.enabled {
             let detector = Detector::load(&config.detector)?;
@@ -56,32 +67,34 @@ impl Server {
             (Some(p), true) => Some(Processor::build(js.clone(), config, p.clone()).await?),
             _ => None,
         };
-        let service = match (&pipeline, config.service.enabled) {
-            (Some(p), true) => Some(
-                AnalyzeService::build(
-                    client.clone(),
-                    config,
-                    p.clone(),
-                    processor.as_ref().map(Processor::stats),
-                )
-                .await?,
-            ),
-            _ => None,
-        };
         let archiver = match config.archive.enabled {
             true => Some(Archiver::build(&js, config).await?),
             false => None,
+        };
+        let counters = Counters {
+            processor: processor.as_ref().map(Processor::stats),
+            backlog: processor.as_ref().map(Processor::backlog_stats),
+            archive: archiver.as_ref().map(Archiver::stats),
+        };
+        let service = match (&pipeline, config.service.enabled) {
+            (Some(p), true) => {
+                Some(AnalyzeService::build(client.clone(), config, p.clone(), counters).await?)
+            }
+            _ => None,
         };
         Ok(Server {
             client,
             processor,
             service,
             archiver,
+            drain_timeout: Duration::from_secs(config.serve.drain_timeout_s),
         })
     }
 
     /// Runs until `shutdown`, then drains: no new frames or requests are taken, those in
-    /// hand are finished and their events published, and the connection is flushed.
+    /// hand are finished and their events published, and the connection is flushed. The
+    /// drain takes at most `serve.drain_timeout_s`, whatever NATS or MongoDB do; what is
+    /// still in hand then is redelivered by JetStream to another instance.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = Vec::new();
         if let Some(p) = self.processor {
@@ -93,13 +106,35 @@ impl Server {
         if let Some(a) = self.archiver {
             tasks.push(tokio::spawn(a.run(shutdown.clone())));
         }
-        for task in tasks {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "a vigil task panicked");
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let everything = async {
+            for task in tasks {
+                if let Err(e) = task.await {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a vigil task panicked");
+                    }
+                }
             }
-        }
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "final flush failed");
+            if let Err(e) = self.client.flush().await {
+                tracing::warn!(error = %e, "final flush failed");
+            }
+        };
+        tokio::pin!(everything);
+        let drained = tokio::select! {
+            _ = &mut everything => true,
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.drain_timeout).await;
+            } => false,
+        };
+        if !drained {
+            for abort in aborts {
+                abort.abort();
+            }
+            tracing::warn!(
+                drain_timeout_s = self.drain_timeout.as_secs(),
+                "drain did not finish in time; stopping anyway (unacknowledged frames and events are redelivered)"
+            );
         }
         tracing::info!("vigil stopped");
     }

@@ -2,7 +2,7 @@
 //! event or an error reply out, in the request's encoding. Built on the async-nats service
 //! API, so `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer too.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::ArchiveStats;
+use crate::backlog::BacklogStats;
 use crate::config::Config;
 use crate::contract::{
     Encoding, ErrorBody, ErrorCode, ErrorReply, Frame, RiskEvent, DEFAULT_CAMERA, DEFAULT_SITE,
@@ -25,8 +27,55 @@ pub const SERVICE_NAME: &str = "vigil";
 pub const ENDPOINT: &str = "analyze";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the NATS service: {0}")]
-pub struct ServiceError(String);
+#[error("cannot start the NATS service: {source}")]
+pub struct ServiceError {
+    #[source]
+    source: async_nats::Error,
+}
+
+impl ServiceError {
+    fn new(source: async_nats::Error) -> Self {
+        ServiceError { source }
+    }
+}
+
+/// What `$SRV.STATS.vigil` reports besides the endpoint's own counters: whatever runs in
+/// this process.
+#[derive(Default, Clone)]
+pub struct Counters {
+    pub processor: Option<Arc<ProcessorStats>>,
+    pub backlog: Option<Arc<BacklogStats>>,
+    pub archive: Option<Arc<ArchiveStats>>,
+}
+
+impl Counters {
+    fn report(&self, analyze: &AnalyzeStats) -> serde_json::Value {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut data = serde_json::json!({
+            "analyze_overloaded": load(&analyze.overloaded),
+        });
+        if let Some(p) = &self.processor {
+            data["frames_processed"] = load(&p.processed).into();
+            data["frames_dead_lettered"] = load(&p.dead_lettered).into();
+            data["frames_retried"] = load(&p.retried).into();
+        }
+        if let Some(b) = &self.backlog {
+            data["frames_dropped"] = load(&b.dropped).into();
+            data["frames_waiting"] = load(&b.waiting).into();
+        }
+        if let Some(a) = &self.archive {
+            data["events_archived"] = load(&a.archived).into();
+            data["events_refused_by_archive"] = load(&a.refused).into();
+            data["mongodb_down"] = (load(&a.mongodb_down) == 1).into();
+        }
+        data
+    }
+}
+
+#[derive(Debug, Default)]
+struct AnalyzeStats {
+    overloaded: AtomicU64,
+}
 
 pub struct AnalyzeService {
     service: service::Service,
@@ -35,35 +84,31 @@ pub struct AnalyzeService {
 }
 
 impl AnalyzeService {
-    /// Registers the service; `$SRV.STATS.vigil` also reports the frame processor's counters
-    /// when this process runs one.
+    /// Registers the service; `$SRV.STATS.vigil` also reports the `counters` of whatever
+    /// else runs in this process (processor, frames dropped by the stream, archiver).
     pub async fn build(
         client: async_nats::Client,
         config: &Config,
         pipeline: Arc<Pipeline>,
-        processor: Option<Arc<ProcessorStats>>,
+        counters: Counters,
     ) -> Result<AnalyzeService, ServiceError> {
+        let analyze_stats = Arc::new(AnalyzeStats::default());
+        let reported = analyze_stats.clone();
         let service = client
             .service_builder()
             .description("vigil: risk analysis of camera frames")
-            .stats_handler(move |_endpoint, _stats| match &processor {
-                Some(p) => serde_json::json!({
-                    "frames_processed": p.processed.load(Ordering::Relaxed),
-                    "frames_dead_lettered": p.dead_lettered.load(Ordering::Relaxed),
-                    "frames_retried": p.retried.load(Ordering::Relaxed),
-                }),
-                None => serde_json::Value::Null,
-            })
+            .stats_handler(move |_endpoint, _stats| counters.report(&reported))
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
-            .map_err(|e| ServiceError(e.to_string()))?;
+            .map_err(ServiceError::new)?;
         let endpoint = service
             .group("vigil")
             .endpoint(ENDPOINT)
             .await
-            .map_err(|e| ServiceError(e.to_string()))?;
+            .map_err(ServiceError::new)?;
         let max_concurrent = config.service.max_concurrent;
         let answering = Arc::new(Answering {
+            stats: analyze_stats,
             pipeline,
             patience: Duration::from_millis(config.service.queue_timeout_ms),
             max_payload: client.server_info().max_payload,
@@ -112,6 +157,7 @@ impl AnalyzeService {
 
 /// What answering a request needs.
 struct Answering {
+    stats: Arc<AnalyzeStats>,
     pipeline: Arc<Pipeline>,
     patience: Duration,
     max_payload: usize,
@@ -124,7 +170,7 @@ impl Answering {
     async fn take(self: Arc<Self>, request: service::Request) {
         let received = Instant::now();
         let encoding = Encoding::of(request.message.headers.as_ref());
-        let overloaded = |why: &str| AnalysisError::new(ErrorCode::Overloaded, why.to_string());
+        let overloaded = |why: &str| AnalysisError::new(ErrorCode::Overloaded, why);
         let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
             return self
                 .reply(
@@ -159,6 +205,9 @@ impl Answering {
         result: Result<RiskEvent, AnalysisError>,
         encoding: Encoding,
     ) {
+        if matches!(&result, Err(e) if e.code == ErrorCode::Overloaded) {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
         let encoded = result.and_then(|event| {
             let body = encoding
                 .encode(&event)
@@ -194,7 +243,7 @@ async fn analyze(
     patience: Duration,
 ) -> Result<RiskEvent, AnalysisError> {
     let frame: Frame = encoding
-        .decode(payload)
+        .decode_frame(payload)
         .map_err(|e| AnalysisError::new(ErrorCode::BadRequest, e.to_string()))?;
     let site = frame
         .site

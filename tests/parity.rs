@@ -127,7 +127,7 @@ async fn raw_images_find_every_confident_reference_detection() {
         let frame = common::frame(stem, common::image(&file));
         // Through the wire codec, as a camera would send it.
         let frame = Encoding::Msgpack
-            .decode(&common::encode(&frame, Encoding::Msgpack))
+            .decode_frame(&common::encode(&frame, Encoding::Msgpack))
             .unwrap();
         let origin = Origin {
             site: "parity",
@@ -153,5 +153,35 @@ async fn raw_images_find_every_confident_reference_detection() {
                 "{stem}: reference {r:?} matched only with IoU {best}"
             );
         }
+    }
+}
+
+/// vigil decodes JPEGs itself (zune-jpeg in strict mode, after a structural check): every real
+/// JPEG here must pass both and give the pixels the `image` crate gives.
+#[test]
+fn every_real_jpeg_decodes_like_the_image_crate() {
+    let data = common::testdata();
+    let mut files: Vec<_> = std::fs::read_dir(data.join("sequences/vtest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.extend(
+        [
+            "bus.jpg",
+            "zidane.jpg",
+            "opencv_building.jpg",
+            "opencv_leuvenA.jpg",
+        ]
+        .map(|f| data.join("images").join(f)),
+    );
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+    {
+        let bytes = std::fs::read(path).unwrap();
+        let ours = vision::decode(&bytes, &Default::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let theirs = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        assert!(ours == theirs, "{}: pixels differ", path.display());
     }
 }

@@ -351,7 +351,7 @@ async fn analyze_replies_with_an_event_or_an_error() {
     // `vigil analyze --annotate` draws the reply's boxes on the frame.
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("annotated.png");
-    vigil::play::annotate(&common::image("vtest_f100.png"), &event, &path).unwrap();
+    vigil::tools::analyze::annotate(&common::image("vtest_f100.png"), &event, &path).unwrap();
     let drawn = image::open(&path).unwrap().into_rgb8();
     for o in &event.objects {
         let edge = drawn.get_pixel(o.bbox.x1 as u32, ((o.bbox.y1 + o.bbox.y2) / 2.0) as u32);

@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 use vigil::config::Config;
 use vigil::contract::{Encoding, Frame};
 
+pub mod servers;
+
+pub use servers::Nats as NatsServer;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -22,7 +26,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn wait_for_port(port: u16, what: &str) {
+pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
@@ -30,50 +34,11 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// A nats-server with JetStream on a free port, stopped when dropped.
-pub struct NatsServer {
-    child: Child,
-    pub url: String,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    pub fn start() -> NatsServer {
-        let bin = std::env::var("TEST_NATS_SERVER").unwrap_or_else(|_| {
-            if Path::new("/usr/sbin/nats-server").exists() {
-                "/usr/sbin/nats-server".into()
-            } else {
-                "nats-server".into()
-            }
-        });
-        let store = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (scripts/setup.sh installs it)"));
-        wait_for_port(port, "nats-server");
-        NatsServer {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
-        }
-    }
-
+impl servers::Nats {
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url)
+        async_nats::connect(self.url())
             .await
             .expect("connect to the test NATS")
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -120,7 +85,7 @@ pub fn unique_db(test: &str) -> String {
 pub fn config(nats: &NatsServer, database: &str) -> Config {
     let mut config =
         Config::from_toml(include_str!("../../config/vigil.toml")).expect("shipped config");
-    config.nats.url = nats.url.clone();
+    config.nats.url = nats.url();
     config.archive.uri = mongodb_uri();
     config.archive.database = database.to_string();
     config.archive.batch_wait_ms = 100;
@@ -138,10 +103,10 @@ pub async fn serve(config: &Config) -> (CancellationToken, tokio::task::JoinHand
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    let server = vigil::serve::Server::build(config)
+    let shutdown = CancellationToken::new();
+    let server = vigil::serve::Server::build(config, &shutdown)
         .await
         .expect("vigil serve builds");
-    let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
     (shutdown, handle)
 }

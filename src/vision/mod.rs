@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::ErrorCode;
 
+mod jpeg;
+
 /// Grey used for the letterbox padding, as in the training pipeline.
 pub const PAD_VALUE: u8 = 114;
 
@@ -26,6 +28,10 @@ pub struct ImageLimits {
     pub max_pixels: u64,
     /// Largest width or height accepted (pixels).
     pub max_side: u32,
+    /// Decoded pixels in memory at once, across all frames and requests of the process (a
+    /// decode waits for room): about 3–7 bytes each, so the default bounds decoding to
+    /// roughly 120–280 MB however many large images arrive together. At least `max_pixels`.
+    pub max_decoded_pixels_in_flight: u64,
 }
 
 impl Default for ImageLimits {
@@ -35,6 +41,7 @@ impl Default for ImageLimits {
             max_bytes: 8 << 20,
             max_pixels: 40_000_000,
             max_side: 16_384,
+            max_decoded_pixels_in_flight: 40_000_000,
         }
     }
 }
@@ -49,6 +56,16 @@ impl ImageLimits {
         }
         if self.max_side == 0 {
             return Err(("max_side", "must be greater than 0".into()));
+        }
+        if self.max_pixels > u64::from(u32::MAX) {
+            return Err(("max_pixels", format!("must be at most {}", u32::MAX)));
+        }
+        if self.max_decoded_pixels_in_flight < self.max_pixels {
+            return Err((
+                "max_decoded_pixels_in_flight",
+                "must be at least max_pixels, or the largest accepted image could never decode"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -67,14 +84,18 @@ pub enum VisionError {
     },
     #[error("image is empty")]
     Empty,
+    #[error("image header declares {width}×{height} pixels: an image needs at least one")]
+    NoPixels { width: u32, height: u32 },
     #[error("unrecognised image format (accepted: JPEG, PNG, WebP, BMP, GIF, TIFF)")]
     UnknownFormat,
     #[error("image header is unreadable: {0}")]
     Header(#[source] image::ImageError),
     #[error("image data is corrupt or truncated: {0}")]
     Decode(#[source] image::ImageError),
-    #[error("JPEG is truncated: no end-of-image marker after its last scan")]
-    Truncated,
+    #[error("JPEG is truncated: {0}")]
+    Truncated(&'static str),
+    #[error("JPEG data is corrupt or cut short: {0}")]
+    Jpeg(String),
     #[error("letterbox resize failed: {0}")]
     Resize(String),
 }
@@ -91,9 +112,23 @@ impl VisionError {
     }
 }
 
-/// Decodes JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF bytes into RGB, within `limits`.
-/// EXIF orientation is not applied: boxes are in the pixel grid as stored.
-pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionError> {
+/// What an image's header says, read before any pixel buffer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Probe {
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// Reads format and size from the header and checks them against `limits`: cheap, so a
+/// decompression bomb costs a header read and a caller can reserve memory before decoding.
+pub fn probe(bytes: &[u8], limits: &ImageLimits) -> Result<Probe, VisionError> {
     if bytes.is_empty() {
         return Err(VisionError::Empty);
     }
@@ -115,18 +150,21 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionErro
     ) {
         return Err(VisionError::UnknownFormat);
     }
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(VisionError::Truncated);
+    if format == ImageFormat::Jpeg {
+        jpeg::check_structure(bytes)?;
     }
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(VisionError::Header)?;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_pixels
-        || width > limits.max_side
-        || height > limits.max_side
-        || pixels == 0
-    {
+    let probe = Probe {
+        format,
+        width,
+        height,
+    };
+    if probe.pixels() == 0 {
+        return Err(VisionError::NoPixels { width, height });
+    }
+    if probe.pixels() > limits.max_pixels || width > limits.max_side || height > limits.max_side {
         return Err(VisionError::TooManyPixels {
             width,
             height,
@@ -134,32 +172,38 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionErro
             max_side: limits.max_side,
         });
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    Ok(probe)
+}
+
+/// Decodes JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF bytes into RGB, within `limits`.
+/// EXIF orientation is not applied: boxes are in the pixel grid as stored.
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, VisionError> {
+    let probe = probe(bytes, limits)?;
+    decode_probed(bytes, &probe, limits)
+}
+
+/// Decodes an image whose header [`probe`] accepted.
+pub fn decode_probed(
+    bytes: &[u8],
+    probe: &Probe,
+    limits: &ImageLimits,
+) -> Result<RgbImage, VisionError> {
+    if probe.format == ImageFormat::Jpeg {
+        return jpeg::decode(bytes, probe, limits);
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), probe.format);
     // A second line of defence: the decoder itself refuses to allocate past the limits, in
     // case a format's header under-reports what its body expands to.
+    reader.limits(decoder_limits(limits));
+    Ok(reader.decode().map_err(VisionError::Decode)?.into_rgb8())
+}
+
+fn decoder_limits(limits: &ImageLimits) -> image::Limits {
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(limits.max_side);
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4 * 2));
-    reader.limits(decoder_limits);
-    Ok(reader.decode().map_err(VisionError::Decode)?.into_rgb8())
-}
-
-/// Whether a JPEG ends: an end-of-image marker (FF D9) after the last start-of-scan (FF DA).
-/// The decoder fills a cut-off scan with grey rather than failing, so a frame truncated in
-/// transit would otherwise be analysed as if it were whole. Neither marker can occur inside
-/// entropy-coded data (FF is stuffed there), and an EXIF thumbnail's markers come before the
-/// main image's scan, so comparing the last positions is enough.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| {
-        bytes
-            .windows(2)
-            .rposition(|w| w[0] == 0xFF && w[1] == marker)
-    };
-    match (last(0xDA), last(0xD9)) {
-        (Some(scan), Some(end)) => end > scan,
-        _ => false,
-    }
+    decoder_limits
 }
 
 /// How a source image sits inside the model input: scale, then offset by the padding.
@@ -342,6 +386,52 @@ mod tests {
             decode(&jpeg, &small),
             Err(VisionError::TooManyBytes { .. })
         ));
+    }
+
+    #[test]
+    fn zero_sized_images_are_bad_images() {
+        // Headers that declare no pixels: a 0×0 GIF screen and a 0-wide PNG (CRC fixed).
+        let gif = b"GIF89a\x00\x00\x00\x00\x00\x00\x00\x3b".to_vec();
+        let mut png = encode(&gradient(1, 1), ImageFormat::Png);
+        png[16..20].copy_from_slice(&0u32.to_be_bytes());
+        let crc = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        for (name, bytes) in [("gif", gif), ("png", png)] {
+            let err = decode(&bytes, &ImageLimits::default()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadImage, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_jpeg_cut_inside_its_scan_with_an_end_marker_appended_is_refused() {
+        let jpeg = encode(&gradient(256, 192), ImageFormat::Jpeg);
+        let scan = jpeg
+            .windows(2)
+            .rposition(|w| w == [0xFF, 0xDA])
+            .expect("a scan");
+        // Keep the scan header and a little of its data, then end the file "properly".
+        let cut = [&jpeg[..scan + 40], &[0xFF, 0xD9][..]].concat();
+        let err = decode(&cut, &ImageLimits::default()).unwrap_err();
+        assert!(matches!(err, VisionError::Truncated(_)), "{err}");
+        assert_eq!(err.code(), ErrorCode::BadImage);
+    }
+
+    #[test]
+    fn grey_and_rgb_jpegs_decode_to_rgb_like_the_image_crate() {
+        let rgb = encode(&gradient(64, 48), ImageFormat::Jpeg);
+        let grey = {
+            let mut out = Cursor::new(Vec::new());
+            image::DynamicImage::ImageRgb8(gradient(64, 48))
+                .into_luma8()
+                .write_to(&mut out, ImageFormat::Jpeg)
+                .unwrap();
+            out.into_inner()
+        };
+        for bytes in [rgb, grey] {
+            let ours = decode(&bytes, &ImageLimits::default()).unwrap();
+            let theirs = image::load_from_memory(&bytes).unwrap().into_rgb8();
+            assert_eq!(ours, theirs);
+        }
     }
 
     #[test]

@@ -1,0 +1,50 @@
+//! Clients of vigil for people at a terminal, kept apart from the service's modules: they
+//! talk to a running `vigil serve` over NATS the way any integrator would.
+//!
+//! - [`play`]: plays a folder of frames as a camera and reports the events (the demo).
+//! - [`watch`]: prints events as they are stored in VIGIL_EVENTS, once each.
+//! - [`analyze`]: sends one image to `vigil.analyze`; draws the reply's boxes on it.
+//! - [`report`]: events as readable lines and tables.
+//! - [`status`]: `vigil ping` and `vigil stats` through the NATS service API.
+
+use std::path::PathBuf;
+
+pub mod analyze;
+pub mod play;
+pub mod report;
+pub mod status;
+pub mod watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error(transparent)]
+    Streams(#[from] crate::streams::StreamsError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no JPEG or PNG frames in {0}")]
+    NoFrames(PathBuf),
+    #[error("NATS: {0}")]
+    Nats(#[source] async_nats::Error),
+    #[error(transparent)]
+    Codec(#[from] crate::contract::CodecError),
+    #[error("{path} is {size} bytes; the NATS server accepts at most {max_payload} (raise max_payload in nats-server.conf)")]
+    TooLarge {
+        path: PathBuf,
+        size: usize,
+        max_payload: usize,
+    },
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error("cannot decode the image to annotate: {0}")]
+    AnnotateDecode(#[source] crate::vision::VisionError),
+    #[error("cannot write the annotated image: {0}")]
+    AnnotateWrite(#[source] image::ImageError),
+}
+
+/// A NATS error of any kind, its source kept.
+pub(crate) fn nats_err(e: impl Into<async_nats::Error>) -> ToolError {
+    ToolError::Nats(e.into())
+}
