@@ -24,8 +24,8 @@ const MAX_FRAME_ID_CHARS: usize = 128;
 const MAX_TOKEN_CHARS: usize = 64;
 const MAX_META_ENTRIES: usize = 64;
 const MAX_META_BYTES: usize = 16 * 1024;
-/// Longest quote of client input in an error message, a dead letter or a log line.
-pub const MAX_EXCERPT_CHARS: usize = 200;
+/// Longest quote of client input in an error message, a dead letter or a log line (bytes).
+pub const MAX_EXCERPT_CHARS: usize = 300;
 /// Frames captured before this are refused: no camera vigil serves took them, and a clock
 /// that says so is broken (an unset RTC says 1970 or 2000-01-01 00:00).
 pub const EARLIEST_CAPTURED_AT: &str = "2000-01-01T00:01:00Z";
@@ -485,24 +485,24 @@ impl Pose {
     }
 }
 
-/// At most `max_chars` of `text`, control characters escaped, saying how much was left out:
-/// whatever a client sends, an error message, a dead letter or a log line that quotes it stays
-/// small.
-pub fn excerpt(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(max_chars.min(text.len()) + 24);
-    let mut shown = 0;
+/// The start of `text`, control characters escaped, at most `max_bytes` long (plus a note
+/// saying how much was left out): whatever a client sends, an error message, a dead letter or
+/// a log line that quotes it stays small.
+pub fn excerpt(text: &str, max_bytes: usize) -> String {
+    let mut out = String::with_capacity(max_bytes.min(text.len()) + 24);
     let mut rest = 0;
-    for c in text.chars() {
-        if shown >= max_chars {
-            rest += c.len_utf8();
-            continue;
-        }
+    for (i, c) in text.char_indices() {
+        let before = out.len();
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
-        shown += 1;
+        if out.len() > max_bytes {
+            out.truncate(before);
+            rest = text.len() - i;
+            break;
+        }
     }
     if rest > 0 {
         out.push_str(&format!("… ({rest} more bytes)"));
@@ -510,7 +510,7 @@ pub fn excerpt(text: &str, max_chars: usize) -> String {
     out
 }
 
-/// `message` cut to [`MAX_EXCERPT_CHARS`] characters, control characters escaped.
+/// `message` cut to [`MAX_EXCERPT_CHARS`] bytes, control characters escaped.
 pub fn bounded(message: &str) -> String {
     if message.len() <= MAX_EXCERPT_CHARS && !message.chars().any(|c| c.is_control()) {
         return message.to_string();
@@ -883,12 +883,12 @@ mod tests {
         let e = excerpt(&hostile, 10);
         assert!(e.len() < 100, "{e}");
         assert!(
-            e.starts_with("\\u{1}") && e.ends_with("(499990 more bytes)"),
+            e.starts_with("\\u{1}") && e.ends_with("(499998 more bytes)"),
             "{e}"
         );
         assert_eq!(excerpt("cam-1", 10), "cam-1");
         let long = bounded(&format!("invalid type: string {hostile:?}"));
-        assert!(long.chars().count() < MAX_EXCERPT_CHARS + 40, "{long}");
+        assert!(long.len() < MAX_EXCERPT_CHARS + 40, "{long}");
         assert_eq!(bounded("short and clean"), "short and clean");
     }
 

@@ -190,7 +190,7 @@ impl Processor {
                 }
             };
         // Quoted, bounded: the id may be anything until the pipeline has validated it.
-        let frame_id = contract::excerpt(&frame.frame_id, 128);
+        let frame_id = contract::excerpt(&frame.frame_id, 160);
         let frame_id = frame_id.as_str();
         if let Err(error) = check_subject(&frame, &delivery.site, &delivery.camera) {
             return give_up(Some(frame_id), error);

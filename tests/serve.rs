@@ -534,3 +534,148 @@ async fn analyze_refuses_unknown_cameras_and_oversized_images_as_configured() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+/// An event MongoDB refuses (here SecantusDB refuses a BSON date in year 0; MongoDB itself
+/// would store it) must not hold up the archive: it is split off its batch, recorded on the
+/// dead-letter stream and acked, and every event around it is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_archive_refuses_is_dead_lettered_and_the_archive_carries_on() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("poison"));
+    config.processor.enabled = false;
+    config.service.enabled = false;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut dead = client.subscribe("vigil.dlq.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let template: RiskEvent = serde_json::from_value(serde_json::json!({
+        "schema": "vigil.event/1", "event_id": "", "frame_id": "", "site": "poison",
+        "camera_id": "cam", "captured_at": "2026-11-26T12:00:00Z",
+        "processed_at": "2026-11-26T12:00:01Z", "risk": {"score": 0, "level": "none"},
+        "priority": 5, "description": "", "objects": [], "counts": {}, "zones": [],
+        "image": {"width": 1, "height": 1}, "model": {"name": "m", "sha256": "0"},
+        "timings_ms": {"queue": 0, "decode": 0, "infer": 0, "post": 0, "total": 0}, "meta": {}
+    }))
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let mut event = template.clone();
+        event.frame_id = format!("f{i}");
+        event.event_id = format!("poison.cam.f{i}");
+        if i == 4 {
+            event.captured_at = "0000-01-01T00:00:00Z".parse().unwrap();
+        } else {
+            ids.push(event.event_id.clone());
+        }
+        vigil::publish::publish_event(&js, &event, Encoding::Msgpack)
+            .await
+            .unwrap();
+    }
+
+    let archive = collection(&config).await;
+    let good = vigil::archive::ids_filter(&ids);
+    common::eventually("the events around the poison archived", WAIT, || {
+        let (archive, good) = (archive.clone(), good.clone());
+        async move { archive.count_documents(good).await.ok() == Some(8) }
+    })
+    .await;
+    let (subject, record) = next_json(&mut dead).await;
+    assert_eq!(subject, "vigil.dlq.poison.cam");
+    common::assert_valid("dlq.schema.json", &record);
+    assert_eq!(record["stage"], "archive");
+    assert_eq!(record["event_id"], "poison.cam.f4");
+    common::eventually("the poison acked", WAIT, || {
+        frames_settled(&js, "archiver", "VIGIL_EVENTS")
+    })
+    .await;
+    // And the archive keeps going after it.
+    let mut later = template.clone();
+    later.event_id = "poison.cam.later".into();
+    vigil::publish::publish_event(&js, &later, Encoding::Msgpack)
+        .await
+        .unwrap();
+    let filter = doc! { "_id": "poison.cam.later" };
+    common::eventually("a later event archived", WAIT, || {
+        let (archive, filter) = (archive.clone(), filter.clone());
+        async move { archive.find_one(filter).await.ok().flatten().is_some() }
+    })
+    .await;
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// A plain subscriber sees every copy a publisher sends; the stream keeps one. `vigil events`
+/// reads the stream (an ordered consumer), so it prints each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_watcher_sees_each_stored_event_once() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("watch"));
+    config.processor.enabled = false;
+    config.archive.enabled = false;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut plain = client.subscribe("vigil.events.>").await.unwrap();
+    let watched = vigil::tools::watch::events(&js, "vigil.events.>")
+        .await
+        .unwrap();
+    tokio::pin!(watched);
+
+    let body = common::encode(
+        &common::frame("w-1", common::image("zidane.jpg")),
+        Encoding::Msgpack,
+    );
+    let reply = client.request("vigil.analyze", body).await.unwrap();
+    let event: RiskEvent = Encoding::Msgpack.decode(&reply.payload).unwrap();
+    // The same event published three times (a processor retrying its publish), then another.
+    for _ in 0..3 {
+        vigil::publish::publish_event(&js, &event, Encoding::Msgpack)
+            .await
+            .unwrap();
+    }
+    let mut other = event.clone();
+    other.event_id = "default.analyze.w-2".into();
+    vigil::publish::publish_event(&js, &other, Encoding::Msgpack)
+        .await
+        .unwrap();
+
+    let mut plain_copies = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), plain.next()).await {
+        plain_copies += 1;
+    }
+    assert_eq!(plain_copies, 4, "a plain subscriber sees every publish");
+    let first = watched.next().await.unwrap().unwrap();
+    let second = watched.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first.event_id.as_str(), second.event_id.as_str()),
+        ("default.analyze.w-1", "default.analyze.w-2")
+    );
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// The archiver's ack wait comes from the configuration (it was a hard-coded 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archivers_ack_wait_is_configured() {
+    let nats = common::NatsServer::start();
+    let mut config = common::config(&nats, &common::unique_db("ackwait"));
+    config.processor.enabled = false;
+    config.service.enabled = false;
+    config.archive.ack_wait_s = 7;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client);
+    let mut archiver = js
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>("archiver", "VIGIL_EVENTS")
+        .await
+        .unwrap();
+    let info = archiver.info().await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(7));
+    assert_eq!(vigil::config::Config::default().archive.ack_wait_s, 10);
+    shutdown.cancel();
+    running.await.unwrap();
+}

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use vigil::config::Config;
 use vigil::contract::{Encoding, Frame};
 
+pub mod rig;
 pub mod servers;
 
 pub use servers::Nats as NatsServer;
@@ -187,4 +188,14 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Writes figures a test measured to `target/tmp/reliability/<name>.json`, for the reports in
+/// docs/ (tests never fail on them).
+pub fn report(name: &str, figures: serde_json::Value) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+    let _ = std::fs::create_dir_all(&dir);
+    let text = serde_json::to_string_pretty(&figures).unwrap_or_default();
+    let _ = std::fs::write(dir.join(format!("{name}.json")), text);
+    eprintln!("{name}: {figures}");
 }

@@ -73,6 +73,16 @@ impl Nats {
         Nats::start_with("")
     }
 
+    /// A single node on a given port (one a client is already waiting for).
+    pub fn start_on(port: u16) -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: solo_{port}\njetstream {{ store_dir: {:?} }}\n",
+            dir.path().join("js")
+        );
+        Nats::from_config(dir, port, &text)
+    }
+
     fn from_config(dir: tempfile::TempDir, port: u16, text: &str) -> Nats {
         let config_file = dir.path().join("nats.conf");
         std::fs::write(&config_file, text).expect("write nats.conf");
