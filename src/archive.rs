@@ -70,6 +70,11 @@ pub async fn collection(config: &ArchiveConfig) -> Result<Collection<Document>, 
     if let Some(username) = &config.username {
         let mut credential = options.credential.take().unwrap_or_default();
         credential.username = Some(username.clone());
+        // vigil needs MongoDB 6+, where SCRAM-SHA-256 is always there; naming it spares the
+        // negotiation, which some MongoDB-wire servers do not answer.
+        credential
+            .mechanism
+            .get_or_insert(mongodb::options::AuthMechanism::ScramSha256);
         if let Some(path) = &config.password_file {
             let password =
                 std::fs::read_to_string(path).map_err(|source| ArchiveError::Password {

@@ -82,6 +82,9 @@ pub struct NatsConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Refuse to talk to a server without TLS.
     pub tls_required: bool,
+    /// Prefix of this client's reply subjects (default `_INBOX`): with per-user prefixes a
+    /// server's permissions keep each client's replies to itself (config/nats-auth.conf).
+    pub inbox_prefix: Option<String>,
 }
 
 impl Default for NatsConfig {
@@ -100,6 +103,7 @@ impl Default for NatsConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_required: false,
+            inbox_prefix: None,
         }
     }
 }

@@ -244,6 +244,9 @@ async fn options(
     if config.tls_required {
         options = options.require_tls(true);
     }
+    if let Some(prefix) = &config.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
     Ok(options)
 }
 

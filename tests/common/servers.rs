@@ -51,6 +51,8 @@ fn terminate(child: &mut Option<Child>, grace: Duration) -> Option<std::process:
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
+    /// Environment of the server process (secrets its config refers to).
+    env: Vec<(String, String)>,
     config_file: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -73,6 +75,30 @@ impl Nats {
         Nats::start_with("")
     }
 
+    /// A single node whose config is `extra` (authorization, TLS…) after listen and JetStream,
+    /// with `files` written beside the config (included files, certificates) and `env` set.
+    pub fn start_secured(extra: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Nats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write server file");
+        }
+        let port = free_port();
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: secured_{port}\njetstream {{ store_dir: {:?} }}\n{extra}\n",
+            dir.path().join("js")
+        );
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Nats::from_config_env(dir, port, &text, env)
+    }
+
+    /// The directory holding this node's config file, for files it includes.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// A single node on a given port (one a client is already waiting for).
     pub fn start_on(port: u16) -> Nats {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -84,11 +110,21 @@ impl Nats {
     }
 
     fn from_config(dir: tempfile::TempDir, port: u16, text: &str) -> Nats {
+        Nats::from_config_env(dir, port, text, Vec::new())
+    }
+
+    fn from_config_env(
+        dir: tempfile::TempDir,
+        port: u16,
+        text: &str,
+        env: Vec<(String, String)>,
+    ) -> Nats {
         let config_file = dir.path().join("nats.conf");
         std::fs::write(&config_file, text).expect("write nats.conf");
         let mut node = Nats {
             child: None,
             port,
+            env,
             log: dir.path().join("nats.log"),
             config_file,
             _dir: dir,
@@ -107,6 +143,7 @@ impl Nats {
         let child = Command::new(&bin)
             .arg("-c")
             .arg(&self.config_file)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -204,6 +241,8 @@ pub struct Mongo {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra flags (authentication, TLS), kept across restarts.
+    pub args: Vec<String>,
 }
 
 impl Mongo {
@@ -212,20 +251,21 @@ impl Mongo {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
         };
         mongo.spawn();
         mongo
     }
 
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn spawn(&mut self) {
         let child = Command::new(".venv/bin/python")
-            .args([
-                "-m",
-                "secantus",
-                "--port",
-                &self.port.to_string(),
-                "--storage-path",
-            ])
+            .args(["-m", "secantus", "--port", &self.port.to_string()])
+            .args(&self.args)
+            .arg("--storage-path")
             .arg(self.dir.path().join("db"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -245,6 +285,12 @@ impl Mongo {
 
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM, a clean shutdown (everything written is on disk), then start again.
+    pub fn restart_gracefully(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(30));
         self.spawn();
     }
 }
