@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test suite: unit tests and the integration tests against a real nats-server (started
-# per test on a free port), a real MongoDB-wire server (SecantusDB, started here on a free
-# port; TEST_MONGODB_URI=mongodb://… uses an existing MongoDB instead) and the real model.
+# The test suite: formatting, clippy, unit tests and the integration tests against a real
+# nats-server (started per test on a free port), a real MongoDB-wire server (SecantusDB,
+# started here on a free port; TEST_MONGODB_URI=mongodb://… uses an existing MongoDB instead)
+# and the real model, including the fault, hostile-input and security suites.
 # Sets up what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,8 @@ fi
 echo "MongoDB for the tests: $TEST_MONGODB_URI" >&2
 
 cargo fmt --all -- --check
+# Warnings are errors; unwrap/expect are denied outside tests (src/lib.rs, src/main.rs).
+cargo clippy --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
 else

@@ -1,5 +1,7 @@
 //! The `vigil` command line: parses flags, loads the configuration, calls the library.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
