@@ -139,6 +139,15 @@ pub struct ObjectReport {
     pub ground: Option<GroundPosition>,
     pub geo: Option<GeoPosition>,
     pub zones: Vec<String>,
+    /// Scored below `detector.confidence` (but at least `detector.track_confidence`): carried
+    /// for the tracker's second association stage only; risk, counts, zone occupancy and the
+    /// description ignore it. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub low_score: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A box in source-image pixels.

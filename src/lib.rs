@@ -30,6 +30,9 @@
 //! - [`serve`]: `vigil serve`, all of the above with a bounded, draining shutdown.
 //! - [`tools`]: clients for people at a terminal: play, watch events, analyze one image.
 
+// No unwrap or expect in the service: a bad message is an outcome, never a crash (tests may).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod archive;
 pub mod backlog;
 pub mod config;

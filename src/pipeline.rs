@@ -97,6 +97,8 @@ pub struct Pipeline {
     /// each decode holds as many permits as its image has pixels until it is letterboxed.
     decode_budget: Arc<Semaphore>,
     max_clock_ahead: chrono::Duration,
+    /// Detections below this score are marked `low_score` (see `DetectorConfig`).
+    confidence: f32,
     policy: RiskPolicy,
     cameras: HashMap<(String, String), CameraModel>,
     require_known_cameras: bool,
@@ -151,6 +153,7 @@ impl Pipeline {
             detector,
             limits: config.vision.clone(),
             decode_budget: Arc::new(Semaphore::new(budget)),
+            confidence: config.detector.confidence,
             max_clock_ahead: chrono::Duration::try_seconds(ahead).unwrap_or(chrono::Duration::MAX),
             policy: config.risk.clone(),
             cameras,
@@ -265,7 +268,7 @@ impl Pipeline {
         processed_at: DateTime<Utc>,
     ) -> RiskEvent {
         let mut counts = std::collections::BTreeMap::new();
-        for o in &objects {
+        for o in objects.iter().filter(|o| !o.low_score) {
             *counts.entry(o.label.clone()).or_insert(0) += 1;
         }
         RiskEvent {
@@ -334,6 +337,7 @@ impl Pipeline {
                     }),
                     geo,
                     zones,
+                    low_score: d.score < self.confidence,
                 }
             })
             .collect();
@@ -345,7 +349,8 @@ impl Pipeline {
                         let occupancy = objects
                             .iter()
                             .filter(|o| {
-                                o.zones.contains(&z.id)
+                                !o.low_score
+                                    && o.zones.contains(&z.id)
                                     && self.policy.counts_in_zone(&o.label, &z.kind)
                             })
                             .count() as u32;

@@ -180,8 +180,10 @@ impl RiskPolicy {
         zones: &[ZoneReport],
         place: &str,
     ) -> Assessment {
+        // Low-score detections travel for the tracker only; the scene is judged without them.
+        let objects: Vec<&ObjectReport> = objects.iter().filter(|o| !o.low_score).collect();
         let mut score = 0.0;
-        for object in objects {
+        for object in &objects {
             score += self.weight(&object.label);
             for zone in zones.iter().filter(|z| object.zones.contains(&z.id)) {
                 if self.counts_in_zone(&object.label, &zone.kind) {
@@ -200,7 +202,7 @@ impl RiskPolicy {
         }
         let score = score.round().clamp(0.0, 100.0) as u8;
         let level = self.level(score);
-        let description = describe(self, level, objects, zones, place);
+        let description = describe(self, level, &objects, zones, place);
         Assessment {
             score,
             level,
@@ -246,12 +248,12 @@ const MAX_LABELS_NAMED: usize = 4;
 fn describe(
     policy: &RiskPolicy,
     level: Level,
-    objects: &[ObjectReport],
+    objects: &[&ObjectReport],
     zones: &[ZoneReport],
     place: &str,
 ) -> String {
     let lang = policy.language;
-    let seen = tally(objects.iter());
+    let seen = tally(objects.iter().copied());
     let mut text = match (lang, seen.is_empty()) {
         (Language::En, true) => {
             format!("{}: nothing detected at {place}.", level_words(lang, level))
@@ -274,7 +276,7 @@ fn describe(
     let in_zones: Vec<String> = zones
         .iter()
         .filter_map(|zone| {
-            let inside = tally(objects.iter().filter(|o| {
+            let inside = tally(objects.iter().copied().filter(|o| {
                 o.zones.contains(&zone.id) && policy.counts_in_zone(&o.label, &zone.kind)
             }));
             (!inside.is_empty()).then(|| match lang {
@@ -415,7 +417,20 @@ mod tests {
             ground: None,
             geo: None,
             zones: zones.iter().map(|z| z.to_string()).collect(),
+            low_score: false,
         }
+    }
+
+    #[test]
+    fn low_score_detections_neither_score_nor_appear_in_the_description() {
+        let policy = RiskPolicy::default();
+        let mut faint = object("person", &["z"]);
+        faint.low_score = true;
+        let zones = [zone("z", "restricted", 0, 0.0)];
+        let with = policy.assess(&[object("car", &[]), faint], &zones, "here");
+        let without = policy.assess(&[object("car", &[])], &zones, "here");
+        assert_eq!(with, without);
+        assert!(!with.description.contains("person"), "{}", with.description);
     }
 
     fn zone(id: &str, kind: &str, occupancy: u32, density: f64) -> ZoneReport {

@@ -78,7 +78,16 @@ async fn canvas_inputs_give_the_reference_detections() {
         let image = vision::decode(&bytes, &Default::default()).unwrap();
         let mut tensor = detector.take_buffer();
         letterboxer.run(&image, 640, 640, &mut tensor).unwrap();
-        let found = detector.detect(tensor, None).await.unwrap().detections;
+        // The reference keeps scores above 0.25; vigil also carries lower ones (for the
+        // tracker), which greedy NMS can never let suppress a higher-scoring box.
+        let found: Vec<Detection> = detector
+            .detect(tensor, None)
+            .await
+            .unwrap()
+            .detections
+            .into_iter()
+            .filter(|d| d.score >= config().detector.confidence)
+            .collect();
         let placement = Letterbox {
             src_width: meta.orig_w,
             src_height: meta.orig_h,

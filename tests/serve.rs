@@ -97,12 +97,18 @@ async fn bus_frame_becomes_an_event_and_an_archived_document() {
         "{:?}",
         event.counts
     );
-    // The level is the policy's: the score is the sum of class weights (no zones: unknown camera).
+    // The level is the policy's: the score is the sum of class weights (no zones: unknown
+    // camera) of the objects that count; low-score detections ride along for the tracker.
     let expected: f64 = event
         .objects
         .iter()
+        .filter(|o| !o.low_score)
         .map(|o| config.risk.weight(&o.label))
         .sum();
+    assert!(event
+        .objects
+        .iter()
+        .all(|o| o.low_score == (o.confidence < config.detector.confidence)));
     assert_eq!(event.risk.score, expected.round().min(100.0) as u8);
     assert_eq!(event.risk.level, config.risk.level(event.risk.score));
     assert!(event.objects.iter().all(|o| o.ground.is_none()));

@@ -34,8 +34,12 @@ pub struct DetectorConfig {
     pub sessions: usize,
     /// Intra-op threads per session.
     pub threads_per_session: usize,
-    /// Minimum class score kept (0–1, exclusive).
+    /// Minimum class score of a detected object (0–1, exclusive).
     pub confidence: f32,
+    /// Detections scoring at least this but below `confidence` are carried in the event
+    /// marked `low_score`, for the tracker alone (ByteTrack's second stage); equal to
+    /// `confidence` carries none.
+    pub track_confidence: f32,
     /// Boxes of one class overlapping more than this IoU are suppressed (0–1).
     pub iou: f32,
     /// Most detections reported per frame.
@@ -50,6 +54,7 @@ impl Default for DetectorConfig {
             sessions: 2,
             threads_per_session: 1,
             confidence: 0.25,
+            track_confidence: 0.1,
             iou: 0.45,
             max_detections: 300,
         }
@@ -66,6 +71,12 @@ impl DetectorConfig {
         }
         if !(self.confidence > 0.0 && self.confidence < 1.0) {
             return Err(("confidence", "must be between 0 and 1 (exclusive)".into()));
+        }
+        if !(self.track_confidence > 0.0 && self.track_confidence <= self.confidence) {
+            return Err((
+                "track_confidence",
+                "must be greater than 0 and at most confidence".into(),
+            ));
         }
         if !(self.iou > 0.0 && self.iou <= 1.0) {
             return Err(("iou", "must be in (0, 1]".into()));
@@ -239,7 +250,7 @@ impl Detector {
             .unwrap_or("model")
             .to_string();
         let params = DecodeParams {
-            confidence: config.confidence,
+            confidence: config.track_confidence,
             iou: config.iou,
             max_detections: config.max_detections,
         };
