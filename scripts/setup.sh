@@ -23,6 +23,11 @@ if ! .venv/bin/python -c 'import onnxruntime, sys; v = tuple(map(int, onnxruntim
   say "installing onnxruntime (>= 1.31) into .venv"
   .venv/bin/pip install -q 'onnxruntime>=1.31'
 fi
+# motmetrics scores the tracker against MOTChallenge ground truth (scripts/eval_tracker.py).
+if ! .venv/bin/python -c 'import motmetrics' 2>/dev/null; then
+  say "installing motmetrics into .venv"
+  .venv/bin/pip install -q motmetrics
+fi
 if ! .venv/bin/python -c 'import secantus' 2>/dev/null; then
   say "installing SecantusDB into .venv"
   .venv/bin/pip install -q --pre secantusdb

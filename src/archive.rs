@@ -18,13 +18,13 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Context};
 use chrono::Utc;
 use futures::StreamExt;
 use mongodb::bson::{self, doc, Bson, Document};
-use mongodb::error::ErrorKind;
+use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Collection, IndexModel};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ArchiveConfig, Config};
-use crate::contract::{self, DeadLetter, Encoding, ErrorCode, RiskEvent, Stage, DLQ_SCHEMA};
+use crate::contract::{self, Alert, DeadLetter, Encoding, ErrorCode, RiskEvent, Stage, DLQ_SCHEMA};
 
 const DUPLICATE_KEY: i32 = 11000;
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,6 +57,20 @@ pub enum ArchiveError {
 
 /// Opens the events collection (the client connects lazily, so MongoDB may still be down).
 pub async fn collection(config: &ArchiveConfig) -> Result<Collection<Document>, ArchiveError> {
+    named_collection(config, &config.collection).await
+}
+
+/// Opens the alerts collection.
+pub async fn alerts_collection(
+    config: &ArchiveConfig,
+) -> Result<Collection<Document>, ArchiveError> {
+    named_collection(config, &config.alerts_collection).await
+}
+
+async fn named_collection(
+    config: &ArchiveConfig,
+    name: &str,
+) -> Result<Collection<Document>, ArchiveError> {
     let uri_error = |source| ArchiveError::Uri {
         uri: crate::config::mask_userinfo(&config.uri),
         source,
@@ -99,9 +113,7 @@ pub async fn collection(config: &ArchiveConfig) -> Result<Collection<Document>, 
         options.tls = Some(Tls::Enabled(tls));
     }
     let client = mongodb::Client::with_options(options).map_err(uri_error)?;
-    Ok(client
-        .database(&config.database)
-        .collection(&config.collection))
+    Ok(client.database(&config.database).collection(name))
 }
 
 /// The indexes every query of the archive uses.
@@ -193,6 +205,12 @@ fn classify(result: mongodb::error::Result<()>) -> Attempt {
                 Attempt::Refused(refused)
             }
         }
+        ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == DUPLICATE_KEY => Attempt::Stored,
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Attempt::Refused(vec![(
+            0,
+            contract::bounded(&format!("{}: {}", e.code, e.message)),
+        )]),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => Attempt::Unreachable(message),
         ErrorKind::Command(e) if TRANSIENT_CODES.contains(&e.code) => Attempt::Unreachable(message),
         ErrorKind::Command(_)
         | ErrorKind::BsonSerialization(_)
@@ -214,6 +232,8 @@ pub struct ArchiveStats {
 
 pub struct Archiver {
     js: Context,
+    /// Taken by `run`, which runs it beside the events.
+    alerts: Option<AlertArchiver>,
     consumer: PullConsumer,
     collection: Collection<Document>,
     batch_size: usize,
@@ -234,6 +254,11 @@ impl Archiver {
     pub async fn build(js: &jetstream::Context, config: &Config) -> Result<Archiver, ArchiveError> {
         Ok(Archiver {
             js: js.clone(),
+            alerts: Some(AlertArchiver {
+                consumer: crate::streams::alert_archiver(js, config).await?,
+                collection: alerts_collection(&config.archive).await?,
+                retry_max: Duration::from_millis(config.archive.retry_max_ms),
+            }),
             consumer: crate::streams::archiver(js, config).await?,
             collection: collection(&config.archive).await?,
             batch_size: config.archive.batch_size,
@@ -250,7 +275,11 @@ impl Archiver {
 
     /// Archives events until `shutdown`; the batch in hand is finished first (unless MongoDB
     /// is down: then it stays unacked, for the next archiver).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let alerts = self
+            .alerts
+            .take()
+            .map(|a| tokio::spawn(a.run(shutdown.clone())));
         let mut indexed = false;
         let mut health = Health::default();
         tracing::info!(collection = %self.collection.namespace(), "archiver started");
@@ -276,6 +305,9 @@ impl Archiver {
             };
             refused.append(&mut refused_by_mongodb);
             self.settle(&messages, &refused).await;
+        }
+        if let Some(alerts) = alerts {
+            let _ = alerts.await;
         }
         tracing::info!("archiver stopped");
     }
@@ -451,6 +483,129 @@ impl Archiver {
             );
         }
     }
+}
+
+/// Alerts into MongoDB, one document per alert (`_id = alert_id`), a newer revision always
+/// replacing an older one and never the reverse: redeliveries and out-of-order copies are
+/// harmless.
+struct AlertArchiver {
+    consumer: PullConsumer,
+    collection: Collection<Document>,
+    retry_max: Duration,
+}
+
+impl AlertArchiver {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut indexed = false;
+        while !shutdown.is_cancelled() {
+            let request = self
+                .consumer
+                .batch()
+                .max_messages(100)
+                .expires(Duration::from_millis(500))
+                .messages();
+            let Ok(mut batch) = request.await else {
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
+            };
+            while let Some(Ok(message)) = batch.next().await {
+                if !indexed {
+                    indexed = ensure_alert_indexes(&self.collection).await.is_ok();
+                }
+                if !self.store(&message, &shutdown).await {
+                    return;
+                }
+                let _ = message.ack().await;
+            }
+        }
+    }
+
+    /// Stores one alert revision; false when shutdown came while MongoDB was away.
+    async fn store(&self, message: &jetstream::Message, shutdown: &CancellationToken) -> bool {
+        let alert: Alert = match Encoding::of(message.headers.as_ref()).decode(&message.payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(subject = %message.subject, error = %contract::bounded(&e.to_string()), "not an alert; not archived");
+                return true;
+            }
+        };
+        let document = match alert_document(&alert) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(alert_id = %alert.alert_id, error = %e, "alert not archivable");
+                return true;
+            }
+        };
+        let older =
+            doc! { "_id": &alert.alert_id, "revision": { "$lt": i64::from(alert.revision) } };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = self
+                .collection
+                .replace_one(older.clone(), &document)
+                .upsert(true)
+                .await
+                .map(|_| ());
+            // A duplicate key means a revision as new or newer is already there.
+            match classify(result) {
+                Attempt::Stored => return true,
+                Attempt::Refused(e) => {
+                    tracing::error!(alert_id = %alert.alert_id, errors = ?e, "MongoDB refused the alert");
+                    return true;
+                }
+                Attempt::Rejected(e) => {
+                    tracing::error!(alert_id = %alert.alert_id, error = %e, "MongoDB refused the alert");
+                    return true;
+                }
+                Attempt::Unreachable(e) => {
+                    tracing::debug!(error = %e, "MongoDB unreachable; the alert waits");
+                    let _ = message.ack_with(AckKind::Progress).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.retry_max);
+                }
+            }
+        }
+    }
+}
+
+/// An alert as stored: `_id = alert_id`, times as BSON dates.
+pub fn alert_document(alert: &Alert) -> Result<Document, String> {
+    let mut document = bson::to_document(alert).map_err(|e| e.to_string())?;
+    document.insert("_id", alert.alert_id.clone());
+    let date =
+        |t: &chrono::DateTime<chrono::Utc>| bson::DateTime::from_millis(t.timestamp_millis());
+    document.insert("started_at", date(&alert.started_at));
+    document.insert("updated_at", date(&alert.updated_at));
+    if let Some(ended) = &alert.ended_at {
+        document.insert("ended_at", date(ended));
+    }
+    document.insert("revision", i64::from(alert.revision));
+    Ok(document)
+}
+
+/// The indexes the alerts collection's queries use.
+pub async fn ensure_alert_indexes(collection: &Collection<Document>) -> mongodb::error::Result<()> {
+    let index = |keys: Document, name: &str| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().name(name.to_string()).build())
+            .build()
+    };
+    collection
+        .create_indexes([
+            index(
+                doc! { "site": 1, "camera_id": 1, "started_at": -1 },
+                "camera_started",
+            ),
+            index(
+                doc! { "site": 1, "level": 1, "started_at": -1 },
+                "site_level_started",
+            ),
+        ])
+        .await?;
+    Ok(())
 }
 
 fn decode(message: &jetstream::Message) -> Result<Document, String> {

@@ -51,6 +51,7 @@ pub struct Config {
     pub risk: RiskPolicy,
     pub archive: ArchiveConfig,
     pub service: ServiceConfig,
+    pub situations: crate::situations::SituationsConfig,
     pub cameras: Vec<CameraConfig>,
 }
 
@@ -230,6 +231,8 @@ pub struct ArchiveConfig {
     pub tls_cert_key_file: Option<PathBuf>,
     pub database: String,
     pub collection: String,
+    /// Collection of alerts: one document per alert, its newest revision.
+    pub alerts_collection: String,
     /// Events written per insert.
     pub batch_size: usize,
     /// Longest wait to fill a batch (milliseconds).
@@ -252,6 +255,7 @@ impl Default for ArchiveConfig {
             tls_cert_key_file: None,
             database: "vigil".into(),
             collection: "events".into(),
+            alerts_collection: "alerts".into(),
             batch_size: 200,
             batch_wait_ms: 250,
             retry_max_ms: 5_000,
@@ -303,6 +307,15 @@ pub struct CameraConfig {
     pub origin: Option<GeoOrigin>,
     #[serde(default)]
     pub zones: Vec<ZoneConfig>,
+    /// Lines whose crossings are counted (rule line_crossing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<crate::situations::rules::LineConfig>,
+    /// This camera's own rules; each one given replaces the global `[situations.rules]` one.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::situations::CameraRulesConfig::is_empty"
+    )]
+    pub rules: crate::situations::CameraRulesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,6 +468,9 @@ impl Config {
         self.risk
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("risk.{key}"), msg))?;
+        self.situations
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("situations.{key}"), msg))?;
         self.validate_cameras()
     }
 
@@ -498,6 +514,23 @@ impl Config {
                 Polygon::new(zone.polygon.clone())
                     .map_err(|e| ConfigError::invalid(zkey("polygon"), e))?;
             }
+            let mut line_ids = HashSet::new();
+            for (j, line) in camera.lines.iter().enumerate() {
+                let lkey = |field: &str| format!("cameras[{i}].lines[{j}].{field}");
+                if line.id.trim().is_empty() || !line_ids.insert(line.id.as_str()) {
+                    return Err(ConfigError::invalid(
+                        lkey("id"),
+                        "must be non-empty and unique within the camera",
+                    ));
+                }
+                line.validate()
+                    .map_err(|e| ConfigError::invalid(lkey("ground"), e))?;
+            }
+            let rules = crate::situations::camera_rules(self, &camera.site, &camera.id);
+            rules
+                .rules
+                .validate()
+                .map_err(|(k, m)| ConfigError::invalid(key(&format!("rules.{k}")), m))?;
             if !camera.zones.is_empty()
                 && camera.calibration.is_empty()
                 && camera.homography.is_none()

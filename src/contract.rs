@@ -13,6 +13,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub const EVENT_SCHEMA: &str = "vigil.event/1";
 /// Version tag carried by every dead-letter record.
 pub const DLQ_SCHEMA: &str = "vigil.dlq/1";
+/// Version tag carried by every alert message.
+pub const ALERT_SCHEMA: &str = "vigil.alert/1";
+/// Version tag carried by every live tracks message.
+pub const TRACKS_SCHEMA: &str = "vigil.tracks/1";
 /// The header that switches a message to JSON.
 pub const CONTENT_TYPE: &str = "Content-Type";
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -178,6 +182,9 @@ pub struct ZoneReport {
     pub kind: String,
     pub occupancy: u32,
     pub density_per_m2: f64,
+    /// The zone's ground area (m²); absent in events from before it was reported.
+    #[serde(default)]
+    pub area_m2: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +209,130 @@ pub struct Timings {
     pub infer: f64,
     pub post: f64,
     pub total: f64,
+}
+
+/// A situation a rule found on one camera, as control rooms receive it: every message says
+/// everything (no need to have seen the earlier ones). One alert lives from `new` through
+/// any `update`s to one `end`; `revision` rises with each message, and a consumer keeps the
+/// highest it has seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub schema: String,
+    /// `<site>.<camera>.<rule>.<zone or line, or "view">.<start, ms since 1970>`: stable for the
+    /// life of the situation, and the same when the same events are evaluated again.
+    pub alert_id: String,
+    pub revision: u32,
+    pub state: AlertState,
+    /// The rule that raised it: intrusion, loitering, crowd, proximity, line_crossing, count.
+    pub rule: String,
+    pub level: Level,
+    pub priority: u8,
+    pub site: String,
+    pub camera_id: String,
+    /// The zone or line it is about; none for rules over the whole view.
+    pub zone: Option<AlertZone>,
+    /// The tracked objects involved, as of this revision.
+    pub objects: Vec<AlertObject>,
+    /// The rule's measure now (see `unit`): seconds inside, people per m², metres, a count.
+    pub value: f64,
+    pub unit: String,
+    /// The highest value and level reached so far.
+    pub peak: Peak,
+    /// Line crossings so far by direction (line_crossing only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub crossings: BTreeMap<String, u32>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<EndReason>,
+    /// One or two sentences in the configured language.
+    pub description: String,
+    /// The events this revision came from (the most recent, at most 20).
+    pub event_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    New,
+    Update,
+    End,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::New => "new",
+            AlertState::Update => "update",
+            AlertState::End => "end",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The condition was gone for `situations.end_after_s`.
+    Cleared,
+    /// The camera sent nothing for `situations.silence_s`.
+    CameraSilent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertZone {
+    pub id: String,
+    pub name: String,
+    /// The zone's kind (restricted, hazard, crowd…), or "line".
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertObject {
+    pub track_id: u64,
+    pub class_id: u32,
+    pub label: String,
+    pub bbox: BBox,
+    pub ground: Option<GroundPosition>,
+    pub geo: Option<GeoPosition>,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    pub value: f64,
+    pub level: Level,
+    pub at: DateTime<Utc>,
+}
+
+/// A camera's current tracks, once per applied event, on `vigil.tracks.<site>.<camera>`
+/// (core NATS, not stored): for maps and live dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackUpdate {
+    pub schema: String,
+    pub site: String,
+    pub camera_id: String,
+    pub event_id: String,
+    pub captured_at: DateTime<Utc>,
+    pub tracks: Vec<TrackReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackReport {
+    pub id: u64,
+    pub class_id: u32,
+    pub label: String,
+    /// confirmed (seen in this frame) or lost (predicted, not seen).
+    pub state: String,
+    pub bbox: BBox,
+    pub ground: Option<GroundPosition>,
+    pub geo: Option<GeoPosition>,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+    /// Has not moved for `situations.rules.stationary.after_s`: other rules ignore it.
+    pub stationary: bool,
+    /// Seconds since the track started.
+    pub age_s: f64,
 }
 
 /// Body of an analyze error reply.
@@ -304,6 +435,7 @@ pub mod subjects {
 
     pub const FRAMES_ALL: &str = "vigil.frames.>";
     pub const EVENTS_ALL: &str = "vigil.events.>";
+    pub const ALERTS_ALL: &str = "vigil.alerts.>";
     pub const DLQ_ALL: &str = "vigil.dlq.>";
     pub const ANALYZE: &str = "vigil.analyze";
 
@@ -317,6 +449,19 @@ pub mod subjects {
 
     pub fn dlq(site: &str, camera: &str) -> String {
         format!("vigil.dlq.{site}.{camera}")
+    }
+
+    pub fn alert(level: Level, site: &str, camera: &str) -> String {
+        format!("vigil.alerts.{level}.{site}.{camera}")
+    }
+
+    pub fn tracks(site: &str, camera: &str) -> String {
+        format!("vigil.tracks.{site}.{camera}")
+    }
+
+    /// Every event of one camera, whatever its level.
+    pub fn camera_events(site: &str, camera: &str) -> String {
+        format!("vigil.events.*.{site}.{camera}")
     }
 
     /// `(site, camera)` of a `vigil.frames.<site>.<camera>` subject.

@@ -11,6 +11,9 @@
 //!        vision::decode ─▶ vision::Letterboxer ─▶ detect::Detector ─▶ geo (ground, zones) ─▶ risk
 //!
 //! VIGIL_EVENTS ─▶ archive ─▶ MongoDB (_id = event_id)
+//! VIGIL_EVENTS ─▶ situations (per camera: order ─▶ track ─▶ rules ─▶ alerts)
+//!     ─▶ vigil.alerts.<level>.<site>.<camera> (VIGIL_ALERTS) ─▶ archive ─▶ MongoDB alerts
+//!     ─▶ vigil.tracks.<site>.<camera> (live tracks, core NATS)
 //! vigil.analyze ─▶ service ─▶ pipeline ─▶ reply
 //! ```
 //!
@@ -23,7 +26,8 @@
 //! - [`pipeline`]: `process(frame) -> event`, the only place that orders the stages.
 //! - [`streams`]: NATS connection, JetStream streams and durable consumers.
 //! - [`ingest`]: the frame processor: pull, process, publish, ack / DLQ / retry.
-//! - [`archive`]: the MongoDB archiver.
+//! - [`archive`]: the MongoDB archiver (events, and alerts by newest revision).
+//! - [`situations`]: the stateful stage: tracks, rules, alert lifecycles, failover.
 //! - [`service`]: the NATS service answering `vigil.analyze`.
 //! - [`publish`]: events and dead letters into JetStream (ack awaited, retried while it lasts).
 //! - [`backlog`]: counts the frames JetStream dropped unanalysed (backlog limit, age).
@@ -45,6 +49,7 @@ pub mod publish;
 pub mod risk;
 pub mod serve;
 pub mod service;
+pub mod situations;
 pub mod streams;
 pub mod tools;
 pub mod vision;

@@ -31,8 +31,11 @@ struct Cli {
 enum Command {
     /// Process frames, answer vigil.analyze and archive events until SIGINT/SIGTERM.
     Serve,
-    /// Only archive events from VIGIL_EVENTS into MongoDB.
+    /// Only archive events and alerts into MongoDB.
     Archive,
+    /// Only the situation stage: tracks, rules and alerts from VIGIL_EVENTS (one instance is
+    /// active, others stand by).
+    Situations,
     /// Send one image to vigil.analyze and print the reply.
     Analyze {
         image: PathBuf,
@@ -50,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Play a folder of frames as a camera, print each event, then summarise.
+    /// Play a folder of frames as a camera, print each alert (or event), then summarise.
     Play {
         frames: PathBuf,
         #[arg(long, default_value = "demo")]
@@ -66,11 +69,20 @@ enum Command {
         /// Seconds to wait for the last events and the archive.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Print one line per event (every frame) instead of one per alert message.
+        #[arg(long)]
+        events: bool,
     },
     /// Print risk events as VIGIL_EVENTS stores them (each once, in order).
     Events {
         /// Subject filter, e.g. vigil.events.critical.> or vigil.events.*.seoul-hq.>
         #[arg(default_value = "vigil.events.>")]
+        subject: String,
+    },
+    /// Print alerts as VIGIL_ALERTS stores them: new, update, end (each once, in order).
+    Alerts {
+        /// Subject filter, e.g. vigil.alerts.critical.> or vigil.alerts.*.seoul-hq.>
+        #[arg(default_value = "vigil.alerts.>")]
         subject: String,
     },
     /// Print the resolved configuration (secrets masked) and each camera's calibration error.
@@ -95,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     // Services log their state changes; the interactive commands keep stderr for problems.
     // The NATS client's own INFO lines (one per reconnect attempt) are left to vigil's.
     let default_filter = match cli.command {
-        Command::Serve | Command::Archive => "info,async_nats=warn",
+        Command::Serve | Command::Archive | Command::Situations => "info,async_nats=warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -111,7 +123,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Archive => {
             config.processor.enabled = false;
             config.service.enabled = false;
+            config.situations.enabled = false;
             config.archive.enabled = true;
+            serve(&config).await?
+        }
+        Command::Situations => {
+            config.processor.enabled = false;
+            config.service.enabled = false;
+            config.archive.enabled = false;
+            config.situations.enabled = true;
             serve(&config).await?
         }
         Command::Analyze {
@@ -141,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
             fps,
             count,
             wait,
+            events,
         } => {
             let options = play::PlayOptions {
                 frames,
@@ -149,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 fps,
                 count,
                 wait: Duration::from_secs(wait),
+                show_events: events,
             };
             let summary = play::play(&config, &options).await?;
             println!("\n{summary}");
@@ -161,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Events { subject } => watch::watch(&config, &subject).await?,
+        Command::Alerts { subject } => watch::watch_alerts(&config, &subject).await?,
         Command::CheckConfig => print!("{}", config.check_report()),
         Command::Ping { timeout } => {
             if !status::ping(&config, Duration::from_secs(timeout)).await? {

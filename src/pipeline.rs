@@ -360,6 +360,7 @@ impl Pipeline {
                             kind: z.kind.clone(),
                             occupancy,
                             density_per_m2: f64::from(occupancy) / z.polygon.area_m2(),
+                            area_m2: z.polygon.area_m2(),
                         }
                     })
                     .collect()

@@ -233,6 +233,17 @@ pub fn priority(level: Level) -> u8 {
 }
 
 /// Objects per label, most numerous first.
+/// "2 people and 1 car" (or "사람 2명, 자동차 1대") for a list of labels.
+pub fn label_counts<'a>(lang: Language, labels: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for label in labels {
+        *counts.entry(label).or_default() += 1;
+    }
+    let mut list: Vec<_> = counts.into_iter().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counted(lang, &list)
+}
+
 fn tally<'a>(objects: impl Iterator<Item = &'a ObjectReport>) -> Vec<(&'a str, usize)> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for o in objects {
@@ -440,6 +451,7 @@ mod tests {
             kind: kind.into(),
             occupancy,
             density_per_m2: density,
+            area_m2: 10.0,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::detect::{DetectError, Detector};
 use crate::ingest::Processor;
 use crate::pipeline::Pipeline;
 use crate::service::{AnalyzeService, Counters, ServiceError};
+use crate::situations::stage::SituationStage;
 use crate::streams::{self, StreamsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum ServeError {
     Service(#[from] ServiceError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Situations(#[from] crate::situations::stage::StageError),
 }
 
 /// Everything `serve` runs, connected and loaded.
@@ -34,6 +37,7 @@ pub struct Server {
     processor: Option<Processor>,
     service: Option<AnalyzeService>,
     archiver: Option<Archiver>,
+    situations: Option<SituationStage>,
     drain_timeout: Duration,
 }
 
@@ -71,10 +75,15 @@ impl Server {
             true => Some(Archiver::build(&js, config).await?),
             false => None,
         };
+        let situations = match config.situations.enabled {
+            true => Some(SituationStage::build(&js, config).await?),
+            false => None,
+        };
         let counters = Counters {
             processor: processor.as_ref().map(Processor::stats),
             backlog: processor.as_ref().map(Processor::backlog_stats),
             archive: archiver.as_ref().map(Archiver::stats),
+            situations: situations.as_ref().map(SituationStage::stats),
         };
         let service = match (&pipeline, config.service.enabled) {
             (Some(p), true) => {
@@ -87,6 +96,7 @@ impl Server {
             processor,
             service,
             archiver,
+            situations,
             drain_timeout: Duration::from_secs(config.serve.drain_timeout_s),
         })
     }
@@ -105,6 +115,9 @@ impl Server {
         }
         if let Some(a) = self.archiver {
             tasks.push(tokio::spawn(a.run(shutdown.clone())));
+        }
+        if let Some(s) = self.situations {
+            tasks.push(tokio::spawn(s.run(shutdown.clone())));
         }
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let everything = async {

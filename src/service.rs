@@ -46,6 +46,7 @@ pub struct Counters {
     pub processor: Option<Arc<ProcessorStats>>,
     pub backlog: Option<Arc<BacklogStats>>,
     pub archive: Option<Arc<ArchiveStats>>,
+    pub situations: Option<Arc<crate::situations::stage::StageStats>>,
 }
 
 impl Counters {
@@ -67,6 +68,13 @@ impl Counters {
             data["events_archived"] = load(&a.archived).into();
             data["events_refused_by_archive"] = load(&a.refused).into();
             data["mongodb_down"] = (load(&a.mongodb_down) == 1).into();
+        }
+        if let Some(s) = &self.situations {
+            data["situation_events_applied"] = load(&s.events_applied).into();
+            data["situation_events_late"] = load(&s.events_late).into();
+            data["situation_events_duplicate"] = load(&s.events_duplicate).into();
+            data["alerts_published"] = load(&s.alerts_published).into();
+            data["situation_cameras"] = load(&s.cameras).into();
         }
         data
     }

@@ -16,10 +16,13 @@ use crate::contract::subjects;
 pub const FRAMES_STREAM: &str = "VIGIL_FRAMES";
 pub const EVENTS_STREAM: &str = "VIGIL_EVENTS";
 pub const DLQ_STREAM: &str = "VIGIL_DLQ";
+pub const ALERTS_STREAM: &str = "VIGIL_ALERTS";
 /// The durable consumer every `vigil serve` shares for frames.
 pub const PROCESSORS: &str = "processors";
 /// The durable consumer of the archiver.
 pub const ARCHIVER: &str = "archiver";
+/// The archiver's durable consumer on the alerts stream.
+pub const ALERT_ARCHIVER: &str = "archiver-alerts";
 
 /// The oldest nats-server vigil runs on, and why.
 pub const MIN_SERVER: (u64, u64, u64) = (2, 11, 0);
@@ -272,7 +275,7 @@ fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
-fn stream_configs(s: &StreamsConfig, max_payload: usize) -> [stream::Config; 3] {
+fn stream_configs(s: &StreamsConfig, max_payload: usize) -> [stream::Config; 4] {
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let duplicate_window = Duration::from_secs(s.duplicate_window_s);
     [
@@ -306,6 +309,16 @@ fn stream_configs(s: &StreamsConfig, max_payload: usize) -> [stream::Config; 3] 
             ..Default::default()
         },
         stream::Config {
+            name: ALERTS_STREAM.into(),
+            description: Some("Alerts: new, update and end of each situation".into()),
+            subjects: vec![subjects::ALERTS_ALL.into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: hours(s.events_max_age_h),
+            duplicate_window,
+            num_replicas: s.replicas,
+            ..Default::default()
+        },
+        stream::Config {
             name: DLQ_STREAM.into(),
             description: Some("Frames vigil gave up on, with the reason".into()),
             subjects: vec![subjects::DLQ_ALL.into()],
@@ -324,10 +337,11 @@ pub async fn ensure_streams(
     config: &Config,
     max_payload: usize,
 ) -> Result<(), StreamsError> {
-    let [frames, events, dlq] = stream_configs(&config.streams, max_payload);
+    let [frames, events, alerts, dlq] = stream_configs(&config.streams, max_payload);
     for (name, cfg) in [
         (FRAMES_STREAM, frames),
         (EVENTS_STREAM, events),
+        (ALERTS_STREAM, alerts),
         (DLQ_STREAM, dlq),
     ] {
         js.create_or_update_stream(cfg)
@@ -377,6 +391,47 @@ pub async fn archiver(
         ..Default::default()
     };
     durable(js, EVENTS_STREAM, ARCHIVER, cfg).await
+}
+
+/// The situation stage's consumer on the events stream: one pinned client pulls, the others
+/// stand by (priority group, ADR-42). A new one starts at the newest event, not at the
+/// stream's week of history.
+pub async fn situations(
+    js: &Context,
+    config: &Config,
+) -> Result<consumer::PullConsumer, StreamsError> {
+    let name = crate::situations::stage::SITUATIONS;
+    let cfg = consumer::pull::Config {
+        durable_name: Some(name.into()),
+        description: Some("vigil situations: tracks, rules, alerts".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(config.situations.ack_wait_s),
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        deliver_policy: consumer::DeliverPolicy::New,
+        priority_groups: vec![name.into()],
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_timeout: Duration::from_secs(config.situations.failover_timeout_s),
+        ..Default::default()
+    };
+    durable(js, EVENTS_STREAM, name, cfg).await
+}
+
+/// The archiver's consumer on the alerts stream.
+pub async fn alert_archiver(
+    js: &Context,
+    config: &Config,
+) -> Result<consumer::PullConsumer, StreamsError> {
+    let cfg = consumer::pull::Config {
+        durable_name: Some(ALERT_ARCHIVER.into()),
+        description: Some("vigil archive: alerts into MongoDB".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(config.archive.ack_wait_s),
+        max_deliver: -1,
+        max_ack_pending: 1000,
+        ..Default::default()
+    };
+    durable(js, ALERTS_STREAM, ALERT_ARCHIVER, cfg).await
 }
 
 async fn durable(

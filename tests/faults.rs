@@ -273,7 +273,9 @@ async fn a_cluster_node_lost_mid_run_loses_nothing() {
 async fn a_mongodb_outage_delays_the_archive_and_loses_nothing() {
     let outage = Duration::from_secs(env_number("MONGO_OUTAGE_S", 30));
     let nats = Nats::start();
-    let mut mongo = Mongo::start();
+    // kill -9 below: the server must keep what it acknowledged (SecantusDB syncs each commit
+    // only when asked; a journaled MongoDB does by default).
+    let mut mongo = Mongo::start_durable();
     let db = common::unique_db("mongodown");
     let config = rig::fault_config(&nats.url(), &mongo.uri(), &db);
     let vigil = Vigil::start(&config);

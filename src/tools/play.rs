@@ -46,11 +46,16 @@ pub struct PlayOptions {
     pub count: Option<usize>,
     /// How long to wait for the last events and the archive after the last frame.
     pub wait: Duration,
+    /// Print one line per event instead of one per alert message.
+    pub show_events: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct PlaySummary {
     pub sent: usize,
+    /// Alerts started (a `new` seen) and ended while playing.
+    pub alerts: usize,
+    pub alerts_ended: usize,
     pub events: usize,
     pub levels: BTreeMap<String, usize>,
     pub latency_p50_ms: f64,
@@ -66,6 +71,14 @@ impl std::fmt::Display for PlaySummary {
             .iter()
             .map(|(l, n)| format!("{l} {n}"))
             .collect();
+        writeln!(
+            f,
+            "{} frames → {} alerts ({} ended, {} still open)",
+            self.sent,
+            self.alerts,
+            self.alerts_ended,
+            self.alerts.saturating_sub(self.alerts_ended)
+        )?;
         writeln!(f, "frames sent      {}", self.sent)?;
         writeln!(
             f,
@@ -110,6 +123,12 @@ pub async fn play(config: &Config, options: &PlayOptions) -> Result<PlaySummary,
         .await
         .map_err(nats_err)?;
     client.flush().await.map_err(nats_err)?;
+    let alerts = super::watch::alerts(
+        &js,
+        &format!("vigil.alerts.*.{}.{}", options.site, options.camera),
+    )
+    .await?;
+    tokio::pin!(alerts);
 
     let run = Utc::now().format("%Y%m%dT%H%M%S").to_string();
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
@@ -142,12 +161,24 @@ pub async fn play(config: &Config, options: &PlayOptions) -> Result<PlaySummary,
                 latencies.push(at.elapsed().as_secs_f64() * 1000.0);
                 *summary.levels.entry(event.risk.level.to_string()).or_default() += 1;
                 ids.push(event.event_id.clone());
-                println!("{}", event_line(&event));
+                if options.show_events {
+                    println!("{}", event_line(&event));
+                }
             }
+            Some(Ok(alert)) = alerts.next() => note_alert(&mut summary, &alert, options),
             _ = &mut deadline, if published => break,
         }
         if published && sent_at.is_empty() {
             break;
+        }
+    }
+    // The stage applies the last events once its ordering window has passed.
+    let settle = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            Some(Ok(alert)) = alerts.next() => note_alert(&mut summary, &alert, options),
+            _ = &mut settle => break,
         }
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
@@ -157,6 +188,18 @@ pub async fn play(config: &Config, options: &PlayOptions) -> Result<PlaySummary,
     summary.latency_p95_ms = percentile(&latencies, 0.95);
     summary.archived = archived_count(config, &ids, options.wait).await;
     Ok(summary)
+}
+
+fn note_alert(summary: &mut PlaySummary, alert: &crate::contract::Alert, options: &PlayOptions) {
+    use crate::contract::AlertState;
+    match alert.state {
+        AlertState::New => summary.alerts += 1,
+        AlertState::End => summary.alerts_ended += 1,
+        AlertState::Update => {}
+    }
+    if !options.show_events {
+        println!("{}", super::report::alert_line(alert));
+    }
 }
 
 /// Publishes frames, yielding each frame id with the time it was sent.

@@ -1,6 +1,23 @@
 //! Events for people: one line per event, or a short report with a table of its objects.
 
-use crate::contract::RiskEvent;
+use crate::contract::{Alert, RiskEvent};
+
+/// One line per alert message: time, camera, state, level, rule and zone, description.
+pub fn alert_line(alert: &Alert) -> String {
+    let zone = alert.zone.as_ref().map_or("-", |z| z.id.as_str());
+    format!(
+        "{}  {}/{}  {:<6} {:<8} {:<13} {:<10} r{:<3} {}",
+        alert.updated_at.format("%H:%M:%S%.3f"),
+        alert.site,
+        alert.camera_id,
+        alert.state.as_str().to_uppercase(),
+        alert.level.as_str().to_uppercase(),
+        alert.rule,
+        zone,
+        alert.revision,
+        alert.description
+    )
+}
 
 /// One line per event: time, camera, level, score, counts, description.
 pub fn event_line(event: &RiskEvent) -> String {

@@ -50,7 +50,7 @@ pub fn mongodb_uri() -> String {
         Ok(uri) => (uri, None),
         Err(_) => {
             let port = free_port();
-            let child = Command::new(".venv/bin/python")
+            let child = servers::dies_with_parent(&mut Command::new(".venv/bin/python"))
                 .args([
                     "-m",
                     "secantus",
@@ -74,7 +74,7 @@ pub fn mongodb_uri() -> String {
     .clone()
 }
 
-/// Kept for the life of the test binary; the OS reaps the child when the binary exits.
+/// Kept for the life of the test binary; the child dies with it (`dies_with_parent`).
 struct SecantusGuard(#[allow(dead_code)] Child);
 
 /// A database name no other test uses.

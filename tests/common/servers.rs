@@ -23,6 +23,19 @@ pub fn nats_server_bin() -> String {
     })
 }
 
+/// The child gets SIGKILL when the test process ends, however it ends (a failed assertion, a
+/// timeout), so no server outlives its test.
+pub fn dies_with_parent(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -140,7 +153,7 @@ impl Nats {
             .append(true)
             .open(&self.log)
             .expect("nats log");
-        let child = Command::new(&bin)
+        let child = dies_with_parent(&mut Command::new(&bin))
             .arg("-c")
             .arg(&self.config_file)
             .envs(self.env.iter().cloned())
@@ -247,11 +260,21 @@ pub struct Mongo {
 
 impl Mongo {
     pub fn start() -> Mongo {
+        Mongo::start_with(&[])
+    }
+
+    /// One that syncs every commit to disk, as a journaled MongoDB acknowledges writes: for
+    /// tests that kill it and expect what it acknowledged to be there after the restart.
+    pub fn start_durable() -> Mongo {
+        Mongo::start_with(&["--sync-on-commit"])
+    }
+
+    fn start_with(args: &[&str]) -> Mongo {
         let mut mongo = Mongo {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
-            args: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         mongo.spawn();
         mongo
@@ -262,7 +285,7 @@ impl Mongo {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(".venv/bin/python")
+        let child = dies_with_parent(&mut Command::new(".venv/bin/python"))
             .args(["-m", "secantus", "--port", &self.port.to_string()])
             .args(&self.args)
             .arg("--storage-path")
@@ -334,7 +357,7 @@ impl Vigil {
             .open(&self.log)
             .expect("vigil log");
         let _ = writeln!(log, "--- vigil serve starts");
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        let child = dies_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_vigil")))
             .arg("--config")
             .arg(&self.config_file)
             .arg("serve")
@@ -365,6 +388,19 @@ impl Vigil {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the log contains `text` (for processes without the service API).
+    pub async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

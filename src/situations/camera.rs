@@ -1,0 +1,173 @@
+//! One camera's situation: its events in capture order through the tracker, the rules and the
+//! alert lifecycle. Pure: no I/O, no wall clock; the same events give the same output.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::alerts::{Active, AlertBook, Lifecycle, Moment};
+use super::order::{Offer, Reorder};
+use super::rules::{seconds, LineConfig, RuleState, RulesConfig};
+use super::track::{Observation, Track, TrackState, Tracker};
+use super::SituationsConfig;
+use crate::contract::{Alert, EndReason, RiskEvent, TrackReport, TrackUpdate, TRACKS_SCHEMA};
+
+/// What applying one event produced.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub event_id: String,
+    pub captured_at: DateTime<Utc>,
+    pub alerts: Vec<Alert>,
+    pub tracks: TrackUpdate,
+}
+
+/// How one camera is judged: the rules (the global ones, with the camera's own in their
+/// place), its lines, its name.
+#[derive(Debug, Clone)]
+pub struct CameraRules {
+    pub rules: RulesConfig,
+    pub lines: Vec<LineConfig>,
+    pub place: String,
+}
+
+pub struct CameraSituation {
+    reorder: Reorder<RiskEvent>,
+    tracker: Tracker,
+    state: RuleState,
+    book: AlertBook,
+    rules: CameraRules,
+    life: Lifecycle,
+}
+
+impl CameraSituation {
+    pub fn new(config: &SituationsConfig, life: Lifecycle, rules: CameraRules) -> Self {
+        CameraSituation {
+            reorder: Reorder::new(std::time::Duration::from_millis(config.reorder_window_ms)),
+            tracker: Tracker::new(config.tracker.clone()),
+            state: RuleState::default(),
+            book: AlertBook::default(),
+            rules,
+            life,
+        }
+    }
+
+    /// Queues an event for its turn (see `order.rs`).
+    pub fn offer(&mut self, event: RiskEvent) -> Offer {
+        let (at, id) = (event.captured_at, event.event_id.clone());
+        self.reorder.offer(at, &id, event)
+    }
+
+    /// Applies the events whose turn has come.
+    pub fn ready(&mut self) -> Vec<Applied> {
+        let events = self.reorder.ready();
+        events.into_iter().map(|e| self.apply(e)).collect()
+    }
+
+    /// Applies everything waiting.
+    pub fn flush(&mut self) -> Vec<Applied> {
+        let events = self.reorder.flush();
+        events.into_iter().map(|e| self.apply(e)).collect()
+    }
+
+    /// Applies an event without publishing anything: rebuilding tracks and rule memory from
+    /// events another instance already judged.
+    pub fn warm_up(&mut self, event: &RiskEvent) {
+        let t = seconds(event.captured_at);
+        let observations: Vec<Observation> = event.objects.iter().map(Observation::from).collect();
+        let tracks = self.tracker.update(t, &observations);
+        let _ = self
+            .state
+            .evaluate(&self.rules.rules, &self.rules.lines, event, tracks);
+        self.reorder.resume_after(event.captured_at);
+    }
+
+    /// Treats events up to `at` as applied (by another instance): older ones arriving now are
+    /// late.
+    pub fn resume_after(&mut self, at: DateTime<Utc>) {
+        self.reorder.resume_after(at);
+    }
+
+    /// Ends every active alert (the camera went silent).
+    pub fn end_all(&mut self, at: DateTime<Utc>, reason: EndReason) -> Vec<Alert> {
+        self.book.end_all(&self.life, &self.rules.place, at, reason)
+    }
+
+    pub fn active(&self) -> Vec<Active> {
+        self.book.active()
+    }
+
+    pub fn restore(&mut self, alerts: Vec<Active>) {
+        self.book.restore(alerts);
+    }
+
+    /// Events waiting for their turn.
+    pub fn waiting(&self) -> usize {
+        self.reorder.len()
+    }
+
+    /// Capture time of the last event applied.
+    pub fn applied_until(&self) -> Option<DateTime<Utc>> {
+        self.reorder.released_until()
+    }
+
+    /// Events dropped as late and as copies.
+    pub fn dropped(&self) -> (u64, u64) {
+        (self.reorder.late, self.reorder.duplicates)
+    }
+
+    fn apply(&mut self, event: RiskEvent) -> Applied {
+        let t = seconds(event.captured_at);
+        let observations: Vec<Observation> = event.objects.iter().map(Observation::from).collect();
+        let tracks: Vec<Track> = self.tracker.update(t, &observations).to_vec();
+        let conditions = self
+            .state
+            .evaluate(&self.rules.rules, &self.rules.lines, &event, &tracks);
+        let moment = Moment {
+            event: &event,
+            tracks: &tracks,
+            place: &self.rules.place,
+        };
+        let alerts = self.book.apply(&self.life, &moment, conditions);
+        let tracks = self.track_update(&event, &tracks, t);
+        Applied {
+            event_id: event.event_id,
+            captured_at: event.captured_at,
+            alerts,
+            tracks,
+        }
+    }
+
+    fn track_update(&self, event: &RiskEvent, tracks: &[Track], t: f64) -> TrackUpdate {
+        let geo: HashMap<u32, _> = event.objects.iter().map(|o| (o.id, o.geo)).collect();
+        let tracks = tracks
+            .iter()
+            .filter(|tr| tr.state != TrackState::Tentative)
+            .map(|tr| TrackReport {
+                id: tr.id,
+                class_id: tr.class_id,
+                label: tr.label.clone(),
+                state: match tr.state {
+                    TrackState::Lost => "lost".into(),
+                    _ => "confirmed".into(),
+                },
+                bbox: tr.bbox,
+                ground: tr.ground,
+                geo: tr.object_id.and_then(|id| geo.get(&id).copied().flatten()),
+                speed_mps: tr.speed_mps,
+                heading_deg: tr.heading_deg,
+                stationary: self
+                    .state
+                    .is_stationary(tr.id, &self.rules.rules.stationary, t),
+                age_s: ((t - tr.first_seen) * 10.0).round() / 10.0,
+            })
+            .collect();
+        TrackUpdate {
+            schema: TRACKS_SCHEMA.to_string(),
+            site: event.site.clone(),
+            camera_id: event.camera_id.clone(),
+            event_id: event.event_id.clone(),
+            captured_at: event.captured_at,
+            tracks,
+        }
+    }
+}

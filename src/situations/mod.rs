@@ -1,0 +1,203 @@
+//! The situation stage: per-camera state over time. Events in, in `captured_at` order per
+//! camera; tracks, rules and alert lifecycles out (see ../shared/DESIGN.md, "Situations").
+//!
+//! - [`order`]: per-camera ordering window; late events and copies counted and dropped.
+//! - [`track`]: ByteTrack-style tracker with real time steps, in ground metres where the
+//!   camera has a ground model, in pixels otherwise.
+//! - [`rules`]: intrusion, loitering, crowd density, proximity, line crossing, counts, and
+//!   stationary objects (which stop counting for the others).
+//! - [`alerts`]: the lifecycle: new, update, end, with hysteresis and rate limits.
+//! - [`camera`]: one camera's situation, all of the above in order; pure.
+//! - [`stage`]: the consumer on VIGIL_EVENTS (one active instance, others on standby),
+//!   publishing alerts and tracks, persisting active alerts, rebuilding on take-over.
+
+use serde::{Deserialize, Serialize};
+
+pub mod alerts;
+pub mod camera;
+pub mod order;
+pub mod rules;
+pub mod stage;
+pub mod track;
+
+use crate::config::Config;
+use camera::CameraRules;
+use rules::RulesConfig;
+use track::TrackerConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SituationsConfig {
+    /// Whether `vigil serve` runs the stage (`vigil situations` runs it alone).
+    pub enabled: bool,
+    /// How long an event waits for earlier-captured ones published after it (milliseconds of
+    /// capture time).
+    pub reorder_window_ms: u64,
+    /// Seconds of VIGIL_EVENTS re-read to rebuild a camera's tracks on take-over.
+    pub rebuild_window_s: u64,
+    /// Seconds without pulls after which a standby instance takes over (the pinned client's
+    /// priority timeout).
+    pub failover_timeout_s: u64,
+    /// A camera that sends nothing for this long (seconds, wall clock) has its alerts ended
+    /// (reason camera_silent).
+    pub silence_s: u64,
+    /// Seconds a condition must be gone before its alert ends (hysteresis).
+    pub end_after_s: f64,
+    /// Least seconds between two updates of one alert (escalations go out at once).
+    pub update_min_interval_s: f64,
+    /// Seconds before an event the stage took but did not apply is delivered again.
+    pub ack_wait_s: u64,
+    /// Publish each camera's tracks on vigil.tracks.<site>.<camera> after every event.
+    pub publish_tracks: bool,
+    pub tracker: TrackerConfig,
+    pub rules: RulesConfig,
+}
+
+impl Default for SituationsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reorder_window_ms: 500,
+            rebuild_window_s: 30,
+            failover_timeout_s: 5,
+            silence_s: 60,
+            end_after_s: 5.0,
+            update_min_interval_s: 5.0,
+            ack_wait_s: 30,
+            publish_tracks: true,
+            tracker: TrackerConfig::default(),
+            rules: RulesConfig::default(),
+        }
+    }
+}
+
+impl SituationsConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if self.failover_timeout_s == 0 || self.ack_wait_s == 0 || self.silence_s == 0 {
+            return err(
+                "failover_timeout_s",
+                "failover_timeout_s, ack_wait_s and silence_s must be greater than 0",
+            );
+        }
+        for (key, value) in [
+            ("end_after_s", self.end_after_s),
+            ("update_min_interval_s", self.update_min_interval_s),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return err(key, "must be a finite number ≥ 0");
+            }
+        }
+        self.tracker
+            .validate()
+            .map_err(|(k, m)| (format!("tracker.{k}"), m))?;
+        self.rules
+            .validate()
+            .map_err(|(k, m)| (format!("rules.{k}"), m))
+    }
+}
+
+/// The rules one camera is judged by: the global ones, with the camera's own in their place.
+pub fn camera_rules(config: &Config, site: &str, camera: &str) -> CameraRules {
+    let global = &config.situations.rules;
+    let Some(c) = config
+        .cameras
+        .iter()
+        .find(|c| c.site == site && c.id == camera)
+    else {
+        return CameraRules {
+            rules: global.clone(),
+            lines: Vec::new(),
+            place: format!("{camera} ({site})"),
+        };
+    };
+    let own = &c.rules;
+    let rules = RulesConfig {
+        intrusion: own
+            .intrusion
+            .clone()
+            .unwrap_or_else(|| global.intrusion.clone()),
+        loitering: own
+            .loitering
+            .clone()
+            .unwrap_or_else(|| global.loitering.clone()),
+        crowd: own.crowd.clone().unwrap_or_else(|| global.crowd.clone()),
+        proximity: own
+            .proximity
+            .clone()
+            .unwrap_or_else(|| global.proximity.clone()),
+        line_crossing: own
+            .line_crossing
+            .clone()
+            .unwrap_or_else(|| global.line_crossing.clone()),
+        count: own.count.clone().unwrap_or_else(|| global.count.clone()),
+        stationary: own
+            .stationary
+            .clone()
+            .unwrap_or_else(|| global.stationary.clone()),
+    };
+    CameraRules {
+        rules,
+        lines: c.lines.clone(),
+        place: format!("{} ({site})", c.display_name()),
+    }
+}
+
+/// A camera's own rules: each one given replaces the global rule for that camera.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraRulesConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intrusion: Option<rules::IntrusionRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loitering: Option<rules::LoiteringRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crowd: Option<rules::CrowdRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proximity: Option<rules::ProximityRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line_crossing: Option<rules::LineCrossingRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<rules::CountRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stationary: Option<rules::StationaryRule>,
+}
+
+impl CameraRulesConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == CameraRulesConfig::default()
+    }
+}
+
+/// Runs events through the stage without NATS: per camera in capture order, everything
+/// flushed at the end. The alerts a live stage would publish for these events (replay,
+/// re-evaluation with another configuration, tests).
+pub fn evaluate(
+    config: &Config,
+    events: impl IntoIterator<Item = crate::contract::RiskEvent>,
+) -> Vec<crate::contract::Alert> {
+    use std::collections::BTreeMap;
+    let life = alerts::Lifecycle {
+        end_after_s: config.situations.end_after_s,
+        update_min_interval_s: config.situations.update_min_interval_s,
+        language: config.risk.language,
+    };
+    let mut cameras: BTreeMap<(String, String), camera::CameraSituation> = BTreeMap::new();
+    let mut out = Vec::new();
+    for event in events {
+        let key = (event.site.clone(), event.camera_id.clone());
+        let situation = cameras.entry(key.clone()).or_insert_with(|| {
+            camera::CameraSituation::new(
+                &config.situations,
+                life,
+                camera_rules(config, &key.0, &key.1),
+            )
+        });
+        let _ = situation.offer(event);
+        out.extend(situation.ready().into_iter().flat_map(|a| a.alerts));
+    }
+    for situation in cameras.values_mut() {
+        out.extend(situation.flush().into_iter().flat_map(|a| a.alerts));
+    }
+    out
+}

@@ -1,0 +1,506 @@
+//! The situation stage on real events: the 300-frame CCTV sequence analysed by the real model
+//! (once; cached under target/tmp), then tracked, judged and turned into alerts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use vigil::config::Config;
+use vigil::contract::{Alert, AlertState, RiskEvent};
+use vigil::detect::Detector;
+use vigil::pipeline::{Origin, Pipeline};
+
+/// The sequence's frames are 10 per second.
+const FRAME_MS: i64 = 100;
+
+fn start() -> DateTime<Utc> {
+    "2026-11-26T12:00:00Z".parse().unwrap()
+}
+
+/// The shipped configuration with the demo camera, one detector session.
+pub fn config() -> Config {
+    let mut config = Config::from_toml(include_str!("../config/vigil.toml")).unwrap();
+    config.detector.sessions = 1;
+    config
+}
+
+/// Events of the 300 frames as camera demo/vtest, captured 100 ms apart.
+pub async fn sequence_events() -> Vec<RiskEvent> {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vtest_events.msgpack");
+    if let Ok(bytes) = std::fs::read(&cache) {
+        if let Ok(events) = rmp_serde::from_slice::<Vec<RiskEvent>>(&bytes) {
+            if events.len() == 300 {
+                return events;
+            }
+        }
+    }
+    let config = config();
+    let pipeline = Pipeline::new(&config, Detector::load(&config.detector).unwrap()).unwrap();
+    let images = common::rig::sequence(300);
+    let mut events = Vec::new();
+    for (i, image) in images.into_iter().enumerate() {
+        let mut frame = common::frame(&format!("f{i:04}"), image);
+        frame.captured_at = start() + ChronoDuration::milliseconds(FRAME_MS * i as i64);
+        let origin = Origin {
+            site: "demo",
+            camera: "vtest",
+            queued: Default::default(),
+            patience: None,
+        };
+        events.push(pipeline.process(frame, origin).await.unwrap());
+    }
+    let _ = std::fs::write(&cache, rmp_serde::to_vec_named(&events).unwrap());
+    events
+}
+
+/// The sequence as a test scene: the demo camera (its taped-off "cordon", restricted; the
+/// service road, hazard: loitering after 5 s; its line across the plaza) with a "lot" around
+/// the two parked vehicles (restricted), more than 6 people in view for 3 s counted; the parked
+/// truck's detection drops out for 3 s (a flicker); then 10 s of an empty scene.
+fn scene_config() -> Config {
+    let mut config = config();
+    let camera = &mut config.cameras[0];
+    camera.zones.push(vigil::config::ZoneConfig {
+        id: "lot".into(),
+        name: "Parking lot".into(),
+        kind: "restricted".into(),
+        polygon: vec![[26.0, 78.0], [46.0, 78.0], [46.0, 98.0], [26.0, 98.0]],
+    });
+    assert_eq!(
+        camera.lines[0].id, "crossing",
+        "the shipped line across the plaza"
+    );
+    let rules = &mut config.situations.rules;
+    rules.intrusion.min_duration_s = 3.0;
+    rules.stationary.after_s = 2.0;
+    rules.loitering.dwell_s = 5.0;
+    rules.count.max = 6;
+    rules.count.sustain_s = 3.0;
+    config.validate().unwrap();
+    config
+}
+
+fn scene(events: &[RiskEvent], config: &Config) -> Vec<RiskEvent> {
+    // The zones are the scene's: re-place the objects with the scene's camera.
+    let mut out: Vec<RiskEvent> = events
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, mut e)| {
+            if (120..150).contains(&i) {
+                e.objects.retain(|o| o.label != "truck");
+            }
+            rezone(&mut e, config);
+            e
+        })
+        .collect();
+    let last = out.last().cloned().unwrap();
+    for k in 1..=100 {
+        let mut empty = last.clone();
+        empty.frame_id = format!("empty{k:03}");
+        empty.event_id = format!("demo.vtest.empty{k:03}");
+        empty.captured_at = last.captured_at + ChronoDuration::milliseconds(FRAME_MS * k);
+        empty.objects.clear();
+        for z in &mut empty.zones {
+            z.occupancy = 0;
+            z.density_per_m2 = 0.0;
+        }
+        out.push(empty);
+    }
+    out
+}
+
+/// Zone membership of each object and zone reports, as the pipeline would give them with
+/// `config`'s zones.
+fn rezone(event: &mut RiskEvent, config: &Config) {
+    let camera = &config.cameras[0];
+    let polygons: Vec<(vigil::config::ZoneConfig, vigil::geo::Polygon)> = camera
+        .zones
+        .iter()
+        .map(|z| {
+            (
+                z.clone(),
+                vigil::geo::Polygon::new(z.polygon.clone()).unwrap(),
+            )
+        })
+        .collect();
+    for o in &mut event.objects {
+        o.zones = match o.ground {
+            Some(g) => polygons
+                .iter()
+                .filter(|(_, p)| {
+                    p.contains(vigil::geo::GroundPoint {
+                        x_m: g.x_m,
+                        y_m: g.y_m,
+                    })
+                })
+                .map(|(z, _)| z.id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+    }
+    event.zones = polygons
+        .iter()
+        .map(|(z, p)| {
+            let occupancy = event
+                .objects
+                .iter()
+                .filter(|o| {
+                    !o.low_score
+                        && o.zones.contains(&z.id)
+                        && config.risk.counts_in_zone(&o.label, &z.kind)
+                })
+                .count() as u32;
+            vigil::contract::ZoneReport {
+                id: z.id.clone(),
+                name: z.name.clone(),
+                kind: z.kind.clone(),
+                occupancy,
+                density_per_m2: f64::from(occupancy) / p.area_m2(),
+                area_m2: p.area_m2(),
+            }
+        })
+        .collect();
+}
+
+fn summary(alerts: &[Alert]) -> String {
+    alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} r{} {} {} {} {:.1}{} [{}]",
+                a.alert_id,
+                a.revision,
+                a.state.as_str(),
+                a.level,
+                a.rule,
+                a.value,
+                a.unit,
+                a.objects
+                    .iter()
+                    .map(|o| o.track_id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every alert has one `new`, one `end` and revisions 1, 2, 3… in between.
+fn assert_lifecycles(alerts: &[Alert]) {
+    let mut by_id: BTreeMap<&str, Vec<&Alert>> = BTreeMap::new();
+    for a in alerts {
+        by_id.entry(a.alert_id.as_str()).or_default().push(a);
+    }
+    for (id, messages) in by_id {
+        let states: Vec<AlertState> = messages.iter().map(|a| a.state).collect();
+        assert_eq!(states.first(), Some(&AlertState::New), "{id}: {states:?}");
+        assert_eq!(states.last(), Some(&AlertState::End), "{id}: {states:?}");
+        assert_eq!(
+            states.iter().filter(|s| **s == AlertState::New).count(),
+            1,
+            "{id}: one new"
+        );
+        assert_eq!(
+            states.iter().filter(|s| **s == AlertState::End).count(),
+            1,
+            "{id}: one end"
+        );
+        let revisions: Vec<u32> = messages.iter().map(|a| a.revision).collect();
+        assert_eq!(
+            revisions,
+            (1..=messages.len() as u32).collect::<Vec<_>>(),
+            "{id}"
+        );
+    }
+}
+
+fn situations_of(alerts: &[Alert]) -> BTreeSet<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            let zone = a.zone.as_ref().map_or("view".to_string(), |z| z.id.clone());
+            (a.rule.clone(), zone)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequence_gives_a_few_alerts_each_started_once_and_ended_once() {
+    let config = scene_config();
+    let events = scene(&sequence_events().await, &config);
+    let alerts = vigil::situations::evaluate(&config, events.clone());
+    eprintln!("{}", summary(&alerts));
+    let frames = 300;
+    let started = alerts.iter().filter(|a| a.state == AlertState::New).count();
+    common::report(
+        "situations_sequence",
+        serde_json::json!({
+            "frames": frames,
+            "events": events.len(),
+            "critical_events": events.iter().filter(|e| e.risk.level == vigil::contract::Level::Critical).count(),
+            "alerts": started,
+            "alert_messages": alerts.len(),
+            "situations": situations_of(&alerts).into_iter().map(|(r, z)| format!("{r}/{z}")).collect::<Vec<_>>(),
+        }),
+    );
+    assert_lifecycles(&alerts);
+    let found = situations_of(&alerts);
+    for expected in [
+        ("loitering", "road"),
+        ("count", "view"),
+        ("line_crossing", "crossing"),
+    ] {
+        let expected = (expected.0.to_string(), expected.1.to_string());
+        assert!(found.contains(&expected), "{expected:?} in {found:?}");
+    }
+    // The parked car and truck (the truck's detection dropping out for 3 s) never alert.
+    assert!(!found.iter().any(|(_, zone)| zone == "lot"), "{found:?}");
+    // Every alert ended once the scene was empty.
+    let last_frame = events[frames - 1].captured_at;
+    assert!(alerts
+        .iter()
+        .filter(|a| a.state == AlertState::End)
+        .all(|a| a
+            .ended_at
+            .is_some_and(|t| t > last_frame - ChronoDuration::seconds(30))));
+    let crossings = alerts
+        .iter()
+        .rfind(|a| a.rule == "line_crossing")
+        .map(|a| a.crossings.clone())
+        .unwrap_or_default();
+    assert!(crossings.values().sum::<u32>() >= 2, "{crossings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_and_repeated_events_give_the_same_alerts_and_so_does_a_replay() {
+    let config = scene_config();
+    let events = scene(&sequence_events().await, &config);
+    let in_order = vigil::situations::evaluate(&config, events.clone());
+    // Neighbours swapped (published by two processors, the later capture first) and every
+    // tenth event delivered twice.
+    let mut shuffled = Vec::new();
+    for pair in events.chunks(2) {
+        shuffled.extend(pair.iter().rev().cloned());
+    }
+    let mut jumbled = Vec::new();
+    for (i, e) in shuffled.into_iter().enumerate() {
+        if i % 10 == 0 {
+            jumbled.push(e.clone());
+        }
+        jumbled.push(e);
+    }
+    assert_eq!(vigil::situations::evaluate(&config, jumbled), in_order);
+    assert_eq!(
+        vigil::situations::evaluate(&config, events),
+        in_order,
+        "replayed"
+    );
+}
+
+/// Publishes events into VIGIL_EVENTS, `interval` apart.
+async fn publish_events(
+    js: &async_nats::jetstream::Context,
+    events: &[RiskEvent],
+    interval: std::time::Duration,
+) {
+    for event in events {
+        vigil::publish::publish_event(js, event, vigil::contract::Encoding::Msgpack)
+            .await
+            .unwrap();
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// Every alert message VIGIL_ALERTS holds, in order.
+async fn stored_alerts(js: &async_nats::jetstream::Context) -> Vec<Alert> {
+    use futures::StreamExt;
+    let stream = js.get_stream("VIGIL_ALERTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            inactive_threshold: std::time::Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(std::time::Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = messages.next().await {
+        let json = common::body_json(m.headers.as_ref(), &m.payload);
+        common::assert_valid("alert.schema.json", &json);
+        out.push(serde_json::from_value(json).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stage_publishes_the_same_alerts_archives_each_once_and_shows_tracks() {
+    use futures::StreamExt;
+    let mut config = scene_config();
+    let nats = common::NatsServer::start();
+    let live = common::config(&nats, &common::unique_db("situations"));
+    config.nats = live.nats.clone();
+    config.archive = live.archive.clone();
+    config.processor.enabled = false;
+    config.service.enabled = false;
+    let events = scene(&sequence_events().await, &config);
+    let expected = vigil::situations::evaluate(&config, events.clone());
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut tracks = client.subscribe("vigil.tracks.demo.vtest").await.unwrap();
+    client.flush().await.unwrap();
+
+    publish_events(&js, &events, std::time::Duration::ZERO).await;
+    common::eventually("every alert published", std::time::Duration::from_secs(120), || {
+        let js = js.clone();
+        let n = expected.len();
+        async move { common::rig::stored(&js, "VIGIL_ALERTS", "vigil.alerts.>").await as usize >= n }
+    })
+    .await;
+    let published = stored_alerts(&js).await;
+    assert_eq!(published, expected, "live = evaluated");
+
+    // The archive holds one document per alert: its last revision, the end.
+    let alerts = vigil::archive::alerts_collection(&config.archive)
+        .await
+        .unwrap();
+    let ids: BTreeSet<String> = expected.iter().map(|a| a.alert_id.clone()).collect();
+    common::eventually(
+        "alerts archived",
+        std::time::Duration::from_secs(60),
+        || {
+            let alerts = alerts.clone();
+            let n = ids.len() as u64;
+            async move {
+                alerts
+                    .count_documents(mongodb::bson::doc! { "state": "end" })
+                    .await
+                    .ok()
+                    == Some(n)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        alerts
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap() as usize,
+        ids.len()
+    );
+
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), tracks.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let json = common::body_json(first.headers.as_ref(), &first.payload);
+    common::assert_valid("tracks.schema.json", &json);
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_active_instance_repeats_no_new_and_loses_no_end() {
+    use common::servers::{Nats, Vigil};
+    use futures::StreamExt;
+    let nats = Nats::start();
+    let mut config = scene_config();
+    config.nats.url = nats.url();
+    config.processor.enabled = false;
+    config.service.enabled = false;
+    config.archive.enabled = false;
+    config.situations.failover_timeout_s = 2;
+    config.situations.ack_wait_s = 5;
+    let events = scene(&sequence_events().await, &config);
+    let expected = vigil::situations::evaluate(&config, events.clone());
+    let mut a = Vigil::start(&config);
+    let mut b = Vigil::start(&config);
+    for v in [&a, &b] {
+        v.wait_log("situation stage started").await;
+    }
+    let client = common::rig::client(&nats.url()).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut tracks = client.subscribe("vigil.tracks.demo.vtest").await.unwrap();
+    client.flush().await.unwrap();
+
+    // Twice real time: 20 events a second.
+    let publisher = {
+        let js = js.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            publish_events(&js, &events, std::time::Duration::from_millis(50)).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let active_is_a = a.log().contains("situation stage active");
+    let killed_at = std::time::Instant::now();
+    if active_is_a {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    let mut arrivals = Vec::new();
+    while !publisher.is_finished() {
+        if let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), tracks.next()).await
+        {
+            arrivals.push(std::time::Instant::now());
+        }
+    }
+    let survivor = if active_is_a { &b } else { &a };
+    common::eventually(
+        "every alert ended",
+        std::time::Duration::from_secs(120),
+        || {
+            let js = js.clone();
+            async move {
+                let alerts = stored_alerts(&js).await;
+                let new = alerts.iter().filter(|a| a.state == AlertState::New).count();
+                let end = alerts.iter().filter(|a| a.state == AlertState::End).count();
+                new > 0 && new == end
+            }
+        },
+    )
+    .await;
+    let published = stored_alerts(&js).await;
+    assert_lifecycles(&published);
+    assert_eq!(
+        situations_of(&published),
+        situations_of(&expected),
+        "{}",
+        summary(&published)
+    );
+    assert!(
+        survivor.log().contains("situation stage active"),
+        "{}",
+        survivor.log()
+    );
+    let failover = arrivals
+        .windows(2)
+        .filter(|w| w[1] > killed_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    common::report(
+        "situations_failover",
+        serde_json::json!({
+            "events": events.len(),
+            "alerts": published.iter().filter(|a| a.state == AlertState::New).count(),
+            "alert_messages": published.len(),
+            "failover_timeout_s": config.situations.failover_timeout_s,
+            "longest_gap_in_tracks_after_kill_s": failover.as_secs_f64(),
+        }),
+    );
+}
