@@ -416,11 +416,14 @@ async fn kill_9_of_the_active_instance_repeats_no_new_and_loses_no_end() {
     use common::servers::{Nats, Vigil};
     use futures::StreamExt;
     let nats = Nats::start();
+    let (mongo, db) = common::rig::mongo("failover");
     let mut config = scene_config();
     config.nats.url = nats.url();
+    config.archive.uri = mongo.uri();
+    config.archive.database = db;
+    config.archive.batch_wait_ms = 100;
     config.processor.enabled = false;
     config.service.enabled = false;
-    config.archive.enabled = false;
     config.situations.failover_timeout_s = 2;
     config.situations.ack_wait_s = 5;
     let events = scene(&sequence_events().await, &config);
