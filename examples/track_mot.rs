@@ -142,7 +142,7 @@ fn observations(detections: &[Detection], ground: bool) -> Vec<Observation> {
             ground: d
                 .world
                 .filter(|_| ground)
-                .map(|(x_m, y_m)| GroundPosition { x_m, y_m }),
+                .map(|(x_m, y_m)| GroundPosition::at(x_m, y_m)),
         }
     };
     detections.iter().enumerate().map(observation).collect()

@@ -51,6 +51,7 @@ pub struct Config {
     pub risk: RiskPolicy,
     pub archive: ArchiveConfig,
     pub service: ServiceConfig,
+    pub scene: crate::scene::SceneConfig,
     pub situations: crate::situations::SituationsConfig,
     pub cameras: Vec<CameraConfig>,
 }
@@ -310,6 +311,17 @@ pub struct CameraConfig {
     /// Lines whose crossings are counted (rule line_crossing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<crate::situations::rules::LineConfig>,
+    /// One-sigma error of an object's foot in this camera's image (pixels); default
+    /// `scene.pixel_error_px`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_error_px: Option<f64>,
+    /// Positions less certain than this are flagged and not counted in zones (metres); default
+    /// `scene.max_ground_error_m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ground_error_m: Option<f64>,
+    /// A drone's pose uncertainty when its frames do not say it; default `scene.pose_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose_error: Option<crate::contract::PoseError>,
     /// This camera's own rules; each one given replaces the global `[situations.rules]` one.
     #[serde(
         default,
@@ -325,8 +337,13 @@ pub struct ZoneConfig {
     pub name: String,
     /// One of the kinds under `[risk.zone_kinds]`.
     pub kind: String,
-    /// Corners in ground metres (east, north).
+    /// Corners in ground metres (east, north); or give `polygon_geo`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub polygon: Vec<[f64; 2]>,
+    /// Corners in WGS84 (lat, lon): one zone serves every drone flying over it (and static
+    /// cameras with an `origin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub polygon_geo: Vec<[f64; 2]>,
 }
 
 impl Config {
@@ -471,6 +488,9 @@ impl Config {
         self.situations
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("situations.{key}"), msg))?;
+        self.scene
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("scene.{key}"), msg))?;
         self.validate_cameras()
     }
 
@@ -511,8 +531,42 @@ impl Config {
                         format!("{:?} is not one of risk.zone_kinds {known:?}", zone.kind),
                     ));
                 }
-                Polygon::new(zone.polygon.clone())
-                    .map_err(|e| ConfigError::invalid(zkey("polygon"), e))?;
+                match (zone.polygon.is_empty(), zone.polygon_geo.is_empty()) {
+                    (false, true) => {
+                        Polygon::new(zone.polygon.clone())
+                            .map_err(|e| ConfigError::invalid(zkey("polygon"), e))?;
+                    }
+                    (true, false) => {
+                        if zone.polygon_geo.iter().any(|[lat, lon]| {
+                            !((-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon))
+                        }) {
+                            return Err(ConfigError::invalid(
+                                zkey("polygon_geo"),
+                                "corners are [lat, lon] in degrees",
+                            ));
+                        }
+                        let origin = GeoOrigin {
+                            lat: zone.polygon_geo[0][0],
+                            lon: zone.polygon_geo[0][1],
+                        };
+                        let local = zone
+                            .polygon_geo
+                            .iter()
+                            .map(|[lat, lon]| {
+                                let g = origin.from_wgs84(*lat, *lon);
+                                [g.x_m, g.y_m]
+                            })
+                            .collect();
+                        Polygon::new(local)
+                            .map_err(|e| ConfigError::invalid(zkey("polygon_geo"), e))?;
+                    }
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            zkey("polygon"),
+                            "give exactly one of polygon (ground metres) or polygon_geo (lat, lon)",
+                        ))
+                    }
+                }
             }
             let mut line_ids = HashSet::new();
             for (j, line) in camera.lines.iter().enumerate() {
@@ -531,14 +585,35 @@ impl Config {
                 .rules
                 .validate()
                 .map_err(|(k, m)| ConfigError::invalid(key(&format!("rules.{k}")), m))?;
-            if !camera.zones.is_empty()
-                && camera.calibration.is_empty()
-                && camera.homography.is_none()
-            {
+            // Ground-metre zones need ground metres: a calibration, or an origin (drones).
+            let has_ground = !camera.calibration.is_empty()
+                || camera.homography.is_some()
+                || camera.origin.is_some();
+            if camera.zones.iter().any(|z| !z.polygon.is_empty()) && !has_ground {
                 return Err(ConfigError::invalid(
                     key("zones"),
-                    "zones need a ground calibration or homography",
+                    "zones in ground metres need a calibration, a homography or an origin; or give polygon_geo",
                 ));
+            }
+            if camera.zones.iter().any(|z| !z.polygon_geo.is_empty())
+                && camera.origin.is_none()
+                && (!camera.calibration.is_empty() || camera.homography.is_some())
+            {
+                return Err(ConfigError::invalid(
+                    key("origin"),
+                    "zones in lat/lon on a calibrated camera need its origin",
+                ));
+            }
+            for (field, value) in [
+                ("pixel_error_px", camera.pixel_error_px),
+                ("max_ground_error_m", camera.max_ground_error_m),
+            ] {
+                if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                    return Err(ConfigError::invalid(
+                        key(field),
+                        "must be a finite number ≥ 0",
+                    ));
+                }
             }
         }
         Ok(())

@@ -53,7 +53,10 @@ pub struct Frame {
     pub meta: BTreeMap<String, String>,
 }
 
-/// A drone's pose when it took the frame.
+/// A drone's pose when it took the frame (conventions: `geo::pose`): its WGS84 position and
+/// height above the ground below, where the camera looks (heading clockwise from north;
+/// pitch up from the horizon, -90 straight down; roll positive with the image's right side
+/// down) and its horizontal field of view.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Pose {
     pub lat: f64,
@@ -66,6 +69,22 @@ pub struct Pose {
     #[serde(default)]
     pub roll_deg: f64,
     pub hfov_deg: f64,
+    /// One-sigma uncertainties of this pose, when the drone knows them (else the camera's
+    /// configured `pose_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<PoseError>,
+}
+
+/// One-sigma uncertainties of a pose.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoseError {
+    /// Horizontal position (metres).
+    pub position_m: f64,
+    pub alt_m: f64,
+    pub heading_deg: f64,
+    pub pitch_deg: f64,
+    pub roll_deg: f64,
 }
 
 /// What vigil concluded about one frame.
@@ -88,6 +107,9 @@ pub struct RiskEvent {
     pub model: ModelRef,
     pub timings_ms: Timings,
     pub meta: BTreeMap<String, String>,
+    /// The drone's pose when it took the frame, as the frame gave it (drones only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose: Option<Pose>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -143,6 +165,13 @@ pub struct ObjectReport {
     pub ground: Option<GroundPosition>,
     pub geo: Option<GeoPosition>,
     pub zones: Vec<String>,
+    /// Why `ground` is null, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_ground: Option<NoGround>,
+    /// The ground position's error is beyond the camera's `max_ground_error_m`: reported, but
+    /// not counted in zones. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub uncertain: bool,
     /// Scored below `detector.confidence` (but at least `detector.track_confidence`): carried
     /// for the tracker's second association stage only; risk, counts, zone occupancy and the
     /// description ignore it. Absent when false.
@@ -163,16 +192,45 @@ pub struct BBox {
     pub y2: f32,
 }
 
+/// Metres east and north on the camera's ground plane.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GroundPosition {
     pub x_m: f64,
     pub y_m: f64,
+    /// One-sigma error radius (metres), from the pixel error on the box bottom and, for
+    /// drones, the pose's uncertainty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_m: Option<f64>,
 }
 
+impl GroundPosition {
+    pub fn at(x_m: f64, y_m: f64) -> Self {
+        GroundPosition {
+            x_m,
+            y_m,
+            error_m: None,
+        }
+    }
+}
+
+/// WGS84 degrees.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GeoPosition {
     pub lat: f64,
     pub lon: f64,
+    /// One-sigma error radius (metres): the ground position's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_m: Option<f64>,
+}
+
+/// Why an object has no ground position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoGround {
+    /// The camera has no calibration and the frame no pose.
+    NoGroundModel,
+    /// The ray through its foot does not reach the ground (at or above the horizon).
+    AboveHorizon,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -635,6 +693,24 @@ impl Pose {
                 });
             }
         }
+        if let Some(e) = &self.error {
+            let errors = [
+                ("error.position_m", e.position_m),
+                ("error.alt_m", e.alt_m),
+                ("error.heading_deg", e.heading_deg),
+                ("error.pitch_deg", e.pitch_deg),
+                ("error.roll_deg", e.roll_deg),
+            ];
+            for (field, value) in errors {
+                if !(value.is_finite() && (0.0..=1000.0).contains(&value)) {
+                    return Err(FrameError::Pose {
+                        field,
+                        value,
+                        range: "between 0 and 1000",
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -981,6 +1057,7 @@ mod tests {
             pitch_deg: -60.0,
             roll_deg: 0.0,
             hfov_deg: 84.0,
+            error: None,
         };
         let mut f = frame();
         f.pose = Some(good);

@@ -8,7 +8,7 @@
 //! vigil.frames.<site>.<camera> ─▶ ingest ─▶ pipeline ─▶ ingest ─▶ vigil.events.<level>.<site>.<camera>
 //!   (VIGIL_FRAMES, work queue)      │                       (publish, await ack, then ack the frame)
 //!                                   ▼
-//!        vision::decode ─▶ vision::Letterboxer ─▶ detect::Detector ─▶ geo (ground, zones) ─▶ risk
+//!        vision::decode ─▶ vision::Letterboxer ─▶ detect::Detector ─▶ scene (ground, zones) ─▶ risk
 //!
 //! VIGIL_EVENTS ─▶ archive ─▶ MongoDB (_id = event_id)
 //! VIGIL_EVENTS ─▶ situations (per camera: order ─▶ track ─▶ rules ─▶ alerts)
@@ -21,7 +21,9 @@
 //! - [`config`]: figment configuration, validated; each module owns its own section.
 //! - [`vision`]: bytes → RGB image (with limits) → letterboxed input tensor.
 //! - [`detect`]: ONNX Runtime session pool, model metadata, output decoding and NMS.
-//! - [`geo`]: homographies, ground ↔ WGS84, zone polygons.
+//! - [`geo`]: homographies (fitted, RANSAC, from a drone's pose), ground ↔ WGS84, polygons.
+//! - [`scene`]: a camera's ground for one frame (calibration or pose); placing objects on it
+//!   with error radii, zones.
 //! - [`risk`]: the risk policy: score, level, priority, description.
 //! - [`pipeline`]: `process(frame) -> event`, the only place that orders the stages.
 //! - [`streams`]: NATS connection, JetStream streams and durable consumers.
@@ -47,6 +49,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod publish;
 pub mod risk;
+pub mod scene;
 pub mod serve;
 pub mod service;
 pub mod situations;

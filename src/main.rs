@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use vigil::config::Config;
-use vigil::tools::{analyze, play, status, watch};
+use vigil::tools::{analyze, bev, calibrate, play, status, watch};
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +78,50 @@ enum Command {
         /// Subject filter, e.g. vigil.events.critical.> or vigil.events.*.seoul-hq.>
         #[arg(default_value = "vigil.events.>")]
         subject: String,
+        /// Print each placed object as a GeoJSON feature (one per line) instead.
+        #[arg(long)]
+        geojson: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Fit a static camera's homography from surveyed points (CSV: u,v and x_m,y_m or
+    /// lat,lon), RANSAC for mistakes; prints residuals and the [[cameras]] entry.
+    Calibrate {
+        points: PathBuf,
+        /// A point further than this from the fit is an outlier (metres).
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        #[arg(long, default_value = "site")]
+        site: String,
+        #[arg(long, default_value = "camera")]
+        camera: String,
+        /// Ground origin for lat/lon points, "LAT,LON" (default: their centroid).
+        #[arg(long, value_parser = parse_origin)]
+        origin: Option<vigil::geo::GeoOrigin>,
+    },
+    /// Draw a frame from above: warped onto the ground with the camera's calibration (or a
+    /// drone pose), with zones, detections, a 5 m grid and north.
+    Bev {
+        image: PathBuf,
+        /// The camera, SITE/ID, as in [[cameras]].
+        #[arg(long)]
+        camera: String,
+        /// Output image (PNG or JPEG).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// A drone frame's pose: "LAT,LON,ALT_M,HEADING,PITCH,ROLL,HFOV" (degrees, metres).
+        #[arg(long, value_parser = parse_pose)]
+        pose: Option<vigil::contract::Pose>,
+        /// Ground shown beyond the nearest visible point at most (metres).
+        #[arg(long, default_value_t = 60.0)]
+        range: f64,
+        /// Output pixels per metre (default: about 1000 pixels across).
+        #[arg(long, default_value_t = 0.0)]
+        scale: f64,
+        /// Do not run the detector (draw the ground and zones only).
+        #[arg(long)]
+        no_detect: bool,
     },
     /// Print alerts as VIGIL_ALERTS stores them: new, update, end (each once, in order).
     Alerts {
@@ -182,7 +226,55 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Events { subject } => watch::watch(&config, &subject).await?,
+        Command::Events {
+            subject,
+            geojson,
+            count,
+        } => {
+            let format = match geojson {
+                true => watch::EventFormat::GeoJson,
+                false => watch::EventFormat::Lines,
+            };
+            watch::watch(&config, &subject, format, count).await?
+        }
+        Command::Calibrate {
+            points,
+            threshold,
+            site,
+            camera,
+            origin,
+        } => {
+            let options = calibrate::CalibrateOptions {
+                points,
+                threshold_m: threshold,
+                site,
+                camera,
+                origin,
+            };
+            print!("{}", calibrate::run(&options)?);
+        }
+        Command::Bev {
+            image,
+            camera,
+            out,
+            pose,
+            range,
+            scale,
+            no_detect,
+        } => {
+            let (site, id) = camera.split_once('/').context("--camera is SITE/ID")?;
+            let options = bev::BevOptions {
+                image,
+                out,
+                site: site.to_string(),
+                camera: id.to_string(),
+                pose,
+                max_range_m: range,
+                pixels_per_m: scale,
+                detect: !no_detect,
+            };
+            eprintln!("{}", bev::run(&config, &options).await?);
+        }
         Command::Alerts { subject } => watch::watch_alerts(&config, &subject).await?,
         Command::CheckConfig => print!("{}", config.check_report()),
         Command::Ping { timeout } => {
@@ -213,6 +305,46 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     };
     server.run(shutdown).await;
     Ok(())
+}
+
+fn numbers(text: &str, n: usize) -> Result<Vec<f64>, String> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if values.len() != n {
+        return Err(format!(
+            "expected {n} comma-separated numbers, got {}",
+            values.len()
+        ));
+    }
+    Ok(values)
+}
+
+fn parse_origin(text: &str) -> Result<vigil::geo::GeoOrigin, String> {
+    let v = numbers(text, 2)?;
+    let origin = vigil::geo::GeoOrigin {
+        lat: v[0],
+        lon: v[1],
+    };
+    origin.validate().map_err(|e| e.to_string())?;
+    Ok(origin)
+}
+
+fn parse_pose(text: &str) -> Result<vigil::contract::Pose, String> {
+    let v = numbers(text, 7)?;
+    let pose = vigil::contract::Pose {
+        lat: v[0],
+        lon: v[1],
+        alt_m: v[2],
+        heading_deg: v[3],
+        pitch_deg: v[4],
+        roll_deg: v[5],
+        hfov_deg: v[6],
+        error: None,
+    };
+    pose.validate().map_err(|e| e.to_string())?;
+    Ok(pose)
 }
 
 /// Cancelled on the first SIGINT or SIGTERM.

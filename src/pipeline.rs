@@ -5,7 +5,6 @@
 //! stages, and no stage knows another.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,12 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::contract::{
-    self, BBox, ErrorCode, Frame, GeoPosition, GroundPosition, ImageSize, ObjectReport, Risk,
-    RiskEvent, Timings, ZoneReport, EVENT_SCHEMA,
+    self, ErrorCode, Frame, ImageSize, ObjectReport, Risk, RiskEvent, Timings, ZoneReport,
+    EVENT_SCHEMA,
 };
-use crate::detect::{DetectError, Detection, Detector};
-use crate::geo::{GeoOrigin, Homography, Polygon};
+use crate::detect::{DetectError, Detector};
 use crate::risk::RiskPolicy;
+use crate::scene::{self, Cameras};
 use crate::vision::{self, ImageLimits, Letterbox, Letterboxer};
 
 /// Why a frame was not analysed: a code from the contract and a sentence for people.
@@ -64,21 +63,6 @@ impl From<vision::VisionError> for AnalysisError {
     }
 }
 
-/// A camera's ground model, ready to use.
-struct CameraModel {
-    name: String,
-    homography: Option<Homography>,
-    origin: Option<GeoOrigin>,
-    zones: Vec<ZoneModel>,
-}
-
-struct ZoneModel {
-    id: String,
-    name: String,
-    kind: String,
-    polygon: Polygon,
-}
-
 /// Where a frame came from and how long it already waited.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -100,7 +84,7 @@ pub struct Pipeline {
     /// Detections below this score are marked `low_score` (see `DetectorConfig`).
     confidence: f32,
     policy: RiskPolicy,
-    cameras: HashMap<(String, String), CameraModel>,
+    cameras: Cameras,
     require_known_cameras: bool,
 }
 
@@ -115,36 +99,7 @@ impl Pipeline {
         config: &Config,
         detector: Detector,
     ) -> Result<Pipeline, crate::config::ConfigError> {
-        let mut cameras = HashMap::new();
-        for (i, camera) in config.cameras.iter().enumerate() {
-            let homography = camera.ground_model().map_err(|(field, message)| {
-                crate::config::ConfigError::Invalid {
-                    key: format!("cameras[{i}].{field}"),
-                    message,
-                }
-            })?;
-            let zones = camera
-                .zones
-                .iter()
-                .filter_map(|z| {
-                    Polygon::new(z.polygon.clone())
-                        .ok()
-                        .map(|polygon| ZoneModel {
-                            id: z.id.clone(),
-                            name: z.name.clone(),
-                            kind: z.kind.clone(),
-                            polygon,
-                        })
-                })
-                .collect();
-            let model = CameraModel {
-                name: camera.display_name().to_string(),
-                homography,
-                origin: camera.origin,
-                zones,
-            };
-            cameras.insert((camera.site.clone(), camera.id.clone()), model);
-        }
+        let cameras = Cameras::from_config(config)?;
         let budget = usize::try_from(config.vision.max_decoded_pixels_in_flight)
             .unwrap_or(Semaphore::MAX_PERMITS)
             .min(Semaphore::MAX_PERMITS);
@@ -173,9 +128,7 @@ impl Pipeline {
     ) -> Result<RiskEvent, AnalysisError> {
         let started = Instant::now();
         contract::validate_frame(&frame, Utc::now(), self.max_clock_ahead)?;
-        let camera = self
-            .cameras
-            .get(&(origin.site.to_string(), origin.camera.to_string()));
+        let camera = self.cameras.get(origin.site, origin.camera);
         if camera.is_none() && self.require_known_cameras {
             return Err(AnalysisError::new(
                 ErrorCode::UnknownCamera,
@@ -205,7 +158,15 @@ impl Pipeline {
 
         let inference = self.detector.detect(tensor, origin.patience).await?;
         let post_started = Instant::now();
-        let (objects, zones) = self.place(&inference.detections, &letterbox, camera);
+        let ground = self.cameras.frame(camera, frame.pose.as_ref(), size);
+        let (objects, zones) = scene::place(
+            &ground,
+            &inference.detections,
+            &letterbox,
+            self.detector.info(),
+            &self.policy,
+            self.confidence,
+        );
         let place = match camera {
             Some(c) => format!("{} ({})", c.name, origin.site),
             None => format!("{} ({})", origin.camera, origin.site),
@@ -292,81 +253,8 @@ impl Pipeline {
             model: self.detector.info().model_ref(),
             timings_ms: timings,
             meta: frame.meta,
+            pose: frame.pose,
         }
-    }
-
-    /// Source-pixel boxes, ground points and zone membership of each detection.
-    fn place(
-        &self,
-        detections: &[Detection],
-        letterbox: &Letterbox,
-        camera: Option<&CameraModel>,
-    ) -> (Vec<ObjectReport>, Vec<ZoneReport>) {
-        let info = self.detector.info();
-        let objects: Vec<ObjectReport> = detections
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let (x1, y1) = letterbox.to_source(d.x1, d.y1);
-                let (x2, y2) = letterbox.to_source(d.x2, d.y2);
-                let ground = camera
-                    .and_then(|c| c.homography.as_ref())
-                    .and_then(|h| h.image_to_ground(f64::from(x1 + x2) / 2.0, f64::from(y2)));
-                let zones = match (camera, ground) {
-                    (Some(c), Some(g)) => c
-                        .zones
-                        .iter()
-                        .filter(|z| z.polygon.contains(g))
-                        .map(|z| z.id.clone())
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let geo = camera.and_then(|c| c.origin).zip(ground).map(|(o, g)| {
-                    let (lat, lon) = o.to_wgs84(g);
-                    GeoPosition { lat, lon }
-                });
-                ObjectReport {
-                    id: i as u32,
-                    class_id: d.class_id,
-                    label: info.label(d.class_id),
-                    confidence: d.score,
-                    bbox: BBox { x1, y1, x2, y2 },
-                    ground: ground.map(|g| GroundPosition {
-                        x_m: g.x_m,
-                        y_m: g.y_m,
-                    }),
-                    geo,
-                    zones,
-                    low_score: d.score < self.confidence,
-                }
-            })
-            .collect();
-        let zones = camera
-            .map(|c| {
-                c.zones
-                    .iter()
-                    .map(|z| {
-                        let occupancy = objects
-                            .iter()
-                            .filter(|o| {
-                                !o.low_score
-                                    && o.zones.contains(&z.id)
-                                    && self.policy.counts_in_zone(&o.label, &z.kind)
-                            })
-                            .count() as u32;
-                        ZoneReport {
-                            id: z.id.clone(),
-                            name: z.name.clone(),
-                            kind: z.kind.clone(),
-                            occupancy,
-                            density_per_m2: f64::from(occupancy) / z.polygon.area_m2(),
-                            area_m2: z.polygon.area_m2(),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        (objects, zones)
     }
 }
 

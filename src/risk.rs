@@ -428,6 +428,8 @@ mod tests {
             ground: None,
             geo: None,
             zones: zones.iter().map(|z| z.to_string()).collect(),
+            no_ground: None,
+            uncertain: false,
             low_score: false,
         }
     }

@@ -67,6 +67,7 @@ fn scene_config() -> Config {
         name: "Parking lot".into(),
         kind: "restricted".into(),
         polygon: vec![[26.0, 78.0], [46.0, 78.0], [46.0, 98.0], [26.0, 98.0]],
+        polygon_geo: Vec::new(),
     });
     assert_eq!(
         camera.lines[0].id, "crossing",

@@ -444,6 +444,7 @@ mod tests {
             },
             timings_ms: Default::default(),
             meta: Default::default(),
+            pose: None,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct CameraRules {
     pub rules: RulesConfig,
     pub lines: Vec<LineConfig>,
     pub place: String,
+    /// The camera's configured origin: drone frames' ground metres are relative to it.
+    pub origin: Option<crate::geo::GeoOrigin>,
 }
 
 pub struct CameraSituation {
@@ -37,6 +39,9 @@ pub struct CameraSituation {
     book: AlertBook,
     rules: CameraRules,
     life: Lifecycle,
+    /// Where a drone without a configured origin was first seen: its tracks are kept in
+    /// metres from there, since its events' ground metres move with it.
+    anchor: Option<crate::geo::GeoOrigin>,
 }
 
 impl CameraSituation {
@@ -48,6 +53,7 @@ impl CameraSituation {
             book: AlertBook::default(),
             rules,
             life,
+            anchor: None,
         }
     }
 
@@ -73,7 +79,7 @@ impl CameraSituation {
     /// events another instance already judged.
     pub fn warm_up(&mut self, event: &RiskEvent) {
         let t = seconds(event.captured_at);
-        let observations: Vec<Observation> = event.objects.iter().map(Observation::from).collect();
+        let observations = self.observations(event);
         let tracks = self.tracker.update(t, &observations);
         let _ = self
             .state
@@ -117,7 +123,7 @@ impl CameraSituation {
 
     fn apply(&mut self, event: RiskEvent) -> Applied {
         let t = seconds(event.captured_at);
-        let observations: Vec<Observation> = event.objects.iter().map(Observation::from).collect();
+        let observations = self.observations(&event);
         let tracks: Vec<Track> = self.tracker.update(t, &observations).to_vec();
         let conditions = self
             .state
@@ -135,6 +141,28 @@ impl CameraSituation {
             alerts,
             tracks,
         }
+    }
+
+    /// The event's objects as the tracker takes them: on a fixed ground. A drone's frames
+    /// without a configured origin place objects relative to the drone itself, so their
+    /// ground comes from their WGS84 positions, in metres from where the drone was first seen.
+    fn observations(&mut self, event: &RiskEvent) -> Vec<Observation> {
+        let mut observations: Vec<Observation> =
+            event.objects.iter().map(Observation::from).collect();
+        let Some(pose) = event.pose.filter(|_| self.rules.origin.is_none()) else {
+            return observations;
+        };
+        let anchor = *self.anchor.get_or_insert(crate::geo::GeoOrigin {
+            lat: pose.lat,
+            lon: pose.lon,
+        });
+        for (obs, object) in observations.iter_mut().zip(&event.objects) {
+            obs.ground = object.geo.map(|g| {
+                let p = anchor.from_wgs84(g.lat, g.lon);
+                crate::contract::GroundPosition::at(p.x_m, p.y_m)
+            });
+        }
+        observations
     }
 
     fn track_update(&self, event: &RiskEvent, tracks: &[Track], t: f64) -> TrackUpdate {

@@ -109,6 +109,7 @@ pub fn camera_rules(config: &Config, site: &str, camera: &str) -> CameraRules {
             rules: global.clone(),
             lines: Vec::new(),
             place: format!("{camera} ({site})"),
+            origin: None,
         };
     };
     let own = &c.rules;
@@ -140,6 +141,7 @@ pub fn camera_rules(config: &Config, site: &str, camera: &str) -> CameraRules {
         rules,
         lines: c.lines.clone(),
         place: format!("{} ({site})", c.display_name()),
+        origin: c.origin,
     }
 }
 

@@ -534,7 +534,7 @@ impl RuleState {
             if t - since >= rule.after_s {
                 self.spots.push(Spot {
                     class_id: state.class_id,
-                    ground: last.ground.map(|(x_m, y_m)| GroundPosition { x_m, y_m }),
+                    ground: last.ground.map(|(x_m, y_m)| GroundPosition::at(x_m, y_m)),
                     foot: last.foot,
                     height: state.height,
                     still_since: since,
@@ -885,9 +885,11 @@ mod tests {
                             x2: px + 10.0,
                             y2: py,
                         },
-                        ground: Some(GroundPosition { x_m: *x, y_m: *y }),
+                        ground: Some(GroundPosition::at(*x, *y)),
                         geo: None,
                         zones: zones.iter().map(|z| z.to_string()).collect(),
+                        no_ground: None,
+                        uncertain: false,
                         low_score: false,
                     }
                 })
@@ -920,6 +922,7 @@ mod tests {
                 },
                 timings_ms: Default::default(),
                 meta: Default::default(),
+                pose: None,
             };
             let observations: Vec<Observation> = objects.iter().map(Observation::from).collect();
             let tracks = self.tracker.update(self.t, &observations).to_vec();

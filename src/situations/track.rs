@@ -377,7 +377,7 @@ impl Track {
             return;
         };
         let [x_m, y_m] = g.position();
-        self.ground = Some(GroundPosition { x_m, y_m });
+        self.ground = Some(GroundPosition::at(x_m, y_m));
         (self.speed_mps, self.heading_deg) = ground_motion(g, config.max_speed_sd_mps);
     }
 
@@ -756,7 +756,7 @@ mod tests {
     }
 
     fn at(mut obs: Observation, x_m: f64, y_m: f64) -> Observation {
-        obs.ground = Some(GroundPosition { x_m, y_m });
+        obs.ground = Some(GroundPosition::at(x_m, y_m));
         obs
     }
 

@@ -6,10 +6,14 @@
 //! - [`analyze`]: sends one image to `vigil.analyze`; draws the reply's boxes on it.
 //! - [`report`]: events as readable lines and tables.
 //! - [`status`]: `vigil ping` and `vigil stats` through the NATS service API.
+//! - [`calibrate`]: a static camera's homography from surveyed points (RANSAC).
+//! - [`bev`]: a frame seen from above, with zones, detections and a metre grid.
 
 use std::path::PathBuf;
 
 pub mod analyze;
+pub mod bev;
+pub mod calibrate;
 pub mod play;
 pub mod report;
 pub mod status;
@@ -42,6 +46,16 @@ pub enum ToolError {
     AnnotateDecode(#[source] crate::vision::VisionError),
     #[error("cannot write the annotated image: {0}")]
     AnnotateWrite(#[source] image::ImageError),
+    #[error(transparent)]
+    Calibrate(Box<calibrate::CalibrateError>),
+    #[error(transparent)]
+    Config(Box<crate::config::ConfigError>),
+    #[error(transparent)]
+    Bev(#[from] bev::BevError),
+    #[error(transparent)]
+    Detect(Box<crate::detect::DetectError>),
+    #[error("analysis failed: {0}")]
+    Analysis(Box<crate::pipeline::AnalysisError>),
 }
 
 /// A NATS error of any kind, its source kept.

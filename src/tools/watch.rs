@@ -50,19 +50,74 @@ async fn stored<T: serde::de::DeserializeOwned>(
     }))
 }
 
-/// Prints every event on `subject` (default all) until interrupted.
-pub async fn watch(config: &Config, subject: &str) -> Result<(), ToolError> {
+/// How `vigil events` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFormat {
+    /// One readable line per event.
+    Lines,
+    /// One GeoJSON feature per placed object, one per line (GeoJSON text sequence): objects
+    /// with WGS84 positions, error radii and what they are, for any map tool.
+    GeoJson,
+}
+
+/// Prints events on `subject` (default all) until interrupted, or until `count` were printed.
+pub async fn watch(
+    config: &Config,
+    subject: &str,
+    format: EventFormat,
+    count: Option<usize>,
+) -> Result<(), ToolError> {
     let client = crate::streams::connect(&config.nats).await?;
     let js = jetstream::new(client);
     let events = events(&js, subject).await?;
     tokio::pin!(events);
+    let mut seen = 0;
     while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => println!("{}", event_line(&event)),
-            Err(e) => eprintln!("not a risk event: {e}"),
+        match (event, format) {
+            (Ok(event), EventFormat::Lines) => println!("{}", event_line(&event)),
+            (Ok(event), EventFormat::GeoJson) => {
+                for feature in geojson_features(&event) {
+                    println!("{feature}");
+                }
+            }
+            (Err(e), _) => eprintln!("not a risk event: {e}"),
+        }
+        seen += 1;
+        if count.is_some_and(|n| seen >= n) {
+            break;
         }
     }
     Ok(())
+}
+
+/// The objects of an event that have a WGS84 position, as GeoJSON Point features (RFC 7946:
+/// coordinates are [lon, lat]); `error_m` is the one-sigma error radius in metres.
+pub fn geojson_features(event: &RiskEvent) -> Vec<serde_json::Value> {
+    event
+        .objects
+        .iter()
+        .filter(|o| !o.low_score)
+        .filter_map(|o| {
+            let g = o.geo?;
+            Some(serde_json::json!({
+                "type": "Feature",
+                "geometry": { "type": "Point", "coordinates": [g.lon, g.lat] },
+                "properties": {
+                    "event_id": event.event_id,
+                    "site": event.site,
+                    "camera_id": event.camera_id,
+                    "captured_at": event.captured_at.to_rfc3339(),
+                    "object_id": o.id,
+                    "label": o.label,
+                    "confidence": o.confidence,
+                    "error_m": g.error_m,
+                    "uncertain": o.uncertain,
+                    "zones": o.zones,
+                    "level": event.risk.level,
+                },
+            }))
+        })
+        .collect()
 }
 
 /// Prints the alert lifecycle on `subject` (default all) until interrupted.

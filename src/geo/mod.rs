@@ -1,8 +1,13 @@
-//! Ground geometry for static cameras.
+//! Ground geometry.
 //!
 //! Image pixels (x right, y down) map to a local metric ground plane (x_m east, y_m north,
-//! metres) through a planar homography fitted from calibration point pairs. Zones are
-//! polygons on that plane, and a [`GeoOrigin`] turns ground points into WGS84 lat/lon.
+//! metres) through a planar homography: fitted from calibration point pairs for a static
+//! camera ([`Homography::fit`], [`ransac`] with outliers), or made for each frame from a
+//! drone's pose ([`pose`]). Zones are polygons on that plane, and a [`GeoOrigin`] turns
+//! ground points into WGS84 lat/lon and back (map_3d, on the WGS84 ellipsoid).
+
+pub mod pose;
+pub mod ransac;
 
 use std::f64::consts::SQRT_2;
 use std::fmt;
@@ -103,20 +108,36 @@ impl GeoOrigin {
         }
     }
 
-    /// (lat, lon) in degrees of a ground point, on the tangent plane at the origin using the
-    /// WGS84 meridional (M) and prime-vertical (N) radii there: centimetre-accurate within a
-    /// few km, meaningless near the poles.
+    /// (lat, lon) in degrees of a ground point: the point on the local east/north/up tangent
+    /// plane at the origin, converted through ECEF on the WGS84 ellipsoid (map_3d).
     pub fn to_wgs84(&self, p: GroundPoint) -> (f64, f64) {
-        const A: f64 = 6_378_137.0;
-        const F: f64 = 1.0 / 298.257_223_563;
-        let e2 = F * (2.0 - F);
-        let (sin, cos) = self.lat.to_radians().sin_cos();
-        let w = 1.0 - e2 * sin * sin;
-        let m = A * (1.0 - e2) / (w * w.sqrt());
-        let n = A / w.sqrt();
-        let lat = self.lat + (p.y_m / m).to_degrees();
-        let lon = self.lon + (p.x_m / (n * cos)).to_degrees();
-        (lat, (lon + 180.0).rem_euclid(360.0) - 180.0)
+        let (lat, lon, _) = map_3d::enu2geodetic(
+            p.x_m,
+            p.y_m,
+            0.0,
+            self.lat.to_radians(),
+            self.lon.to_radians(),
+            0.0,
+            map_3d::Ellipsoid::WGS84,
+        );
+        (
+            lat.to_degrees(),
+            (lon.to_degrees() + 180.0).rem_euclid(360.0) - 180.0,
+        )
+    }
+
+    /// The ground point (metres east and north of the origin) of a WGS84 position.
+    pub fn from_wgs84(&self, lat: f64, lon: f64) -> GroundPoint {
+        let (x_m, y_m, _) = map_3d::geodetic2enu(
+            lat.to_radians(),
+            lon.to_radians(),
+            0.0,
+            self.lat.to_radians(),
+            self.lon.to_radians(),
+            0.0,
+            map_3d::Ellipsoid::WGS84,
+        );
+        GroundPoint { x_m, y_m }
     }
 }
 
@@ -353,6 +374,11 @@ pub struct Polygon {
 }
 
 impl Polygon {
+    /// The corners, in order (metres east, north).
+    pub fn points(&self) -> &[[f64; 2]] {
+        &self.points
+    }
+
     /// Consecutive repeated vertices (including a closing copy of the first) are dropped.
     pub fn new(mut points: Vec<[f64; 2]>) -> Result<Self, GeoError> {
         if points.len() < 3 {
@@ -612,19 +638,41 @@ mod tests {
     }
 
     #[test]
-    fn wgs84_offsets() {
-        // Expected values from M and N of the WGS84 ellipsoid (the true meridian arc from 0° to
-        // 1° is 110 574 m, so 111 km is ≈ 1.0038°, a little more than a rough 1.0030°).
-        let equator = GeoOrigin { lat: 0.0, lon: 0.0 };
-        let (lat, lon) = equator.to_wgs84(gp(0.0, 111_000.0));
-        assert!((lat - 1.003_85).abs() < 1e-4 && lon == 0.0, "{lat}, {lon}");
+    fn wgs84_round_trips_and_agrees_with_local_radii_within_5_km() {
         let seoul = GeoOrigin {
             lat: 37.5665,
             lon: 126.978,
         };
-        let (lat, lon) = seoul.to_wgs84(gp(1000.0, 0.0));
-        assert_eq!(lat, seoul.lat);
-        assert!((lon - seoul.lon - 0.011_319).abs() < 1e-6, "{lon}");
+        // Against the local radii of curvature at the origin (meridian M, prime vertical N): a
+        // point 5 km away on the tangent plane is 5 km away on the ellipsoid to well under
+        // 0.1 m (the plane's "east" bends south of the parallel by x²·tan(lat)/2N, 1.5 m at 5
+        // km here: that is the tangent plane, not an error). The conversion round-trips to a
+        // centimetre (the tangent plane rises above the ellipsoid: 2 m at 5 km).
+        let (a, f) = (6_378_137.0f64, 1.0 / 298.257_223_563);
+        let e2 = f * (2.0 - f);
+        let (sin, cos) = seoul.lat.to_radians().sin_cos();
+        let w = 1.0 - e2 * sin * sin;
+        let m = a * (1.0 - e2) / (w * w.sqrt());
+        let n = a / w.sqrt();
+        for (x, y) in [(5000.0, 0.0), (0.0, 5000.0), (-3000.0, 4000.0), (1.0, -2.0)] {
+            let (lat, lon) = seoul.to_wgs84(gp(x, y));
+            let dy = (lat - seoul.lat).to_radians() * m;
+            let dx = (lon - seoul.lon).to_radians() * n * cos;
+            let (far, got) = (x.hypot(y), dx.hypot(dy));
+            if x == 0.0 || y == 0.0 {
+                assert!((far - got).abs() < 0.1, "{x},{y}: {dx},{dy}");
+            }
+            if x == 0.0 {
+                assert!(
+                    (dy - y).abs() < 0.1 && dx.abs() < 1e-6,
+                    "due north stays due north"
+                );
+            }
+            let back = seoul.from_wgs84(lat, lon);
+            assert!((back.x_m - x).hypot(back.y_m - y) < 0.01, "{back:?}");
+        }
+        let (lat, lon) = seoul.to_wgs84(gp(0.0, 0.0));
+        assert!((lat - seoul.lat).abs() < 1e-12 && (lon - seoul.lon).abs() < 1e-12);
         assert_eq!(seoul.validate(), Ok(()));
         for (lat, lon) in [
             (90.5, 0.0),
