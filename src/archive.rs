@@ -116,14 +116,15 @@ async fn named_collection(
     Ok(client.database(&config.database).collection(name))
 }
 
+fn index(keys: Document, name: &str) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_string()).build())
+        .build()
+}
+
 /// The indexes every query of the archive uses.
 pub async fn ensure_indexes(collection: &Collection<Document>) -> mongodb::error::Result<()> {
-    let index = |keys: Document, name: &str| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(IndexOptions::builder().name(name.to_string()).build())
-            .build()
-    };
     collection
         .create_indexes([
             index(
@@ -587,12 +588,6 @@ pub fn alert_document(alert: &Alert) -> Result<Document, String> {
 
 /// The indexes the alerts collection's queries use.
 pub async fn ensure_alert_indexes(collection: &Collection<Document>) -> mongodb::error::Result<()> {
-    let index = |keys: Document, name: &str| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(IndexOptions::builder().name(name.to_string()).build())
-            .build()
-    };
     collection
         .create_indexes([
             index(

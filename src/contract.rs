@@ -112,6 +112,42 @@ pub struct RiskEvent {
     pub pose: Option<Pose>,
 }
 
+#[cfg(test)]
+impl RiskEvent {
+    /// An event of camera s/c with nothing in it, for unit tests of later stages.
+    pub fn bare(event_id: &str, captured_at: DateTime<Utc>) -> RiskEvent {
+        RiskEvent {
+            schema: EVENT_SCHEMA.into(),
+            event_id: event_id.into(),
+            frame_id: event_id.into(),
+            site: "s".into(),
+            camera_id: "c".into(),
+            captured_at,
+            processed_at: captured_at,
+            risk: Risk {
+                score: 0,
+                level: Level::None,
+            },
+            priority: 5,
+            description: String::new(),
+            objects: Vec::new(),
+            counts: Default::default(),
+            zones: Vec::new(),
+            image: ImageSize {
+                width: 800,
+                height: 600,
+            },
+            model: ModelRef {
+                name: "m".into(),
+                sha256: "0".into(),
+            },
+            timings_ms: Default::default(),
+            meta: Default::default(),
+            pose: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Risk {
     pub score: u8,

@@ -416,36 +416,8 @@ mod tests {
     use crate::contract::{AlertZone, Level};
 
     fn event(ms: i64) -> RiskEvent {
-        RiskEvent {
-            schema: "vigil.event/1".into(),
-            event_id: format!("s.c.f{ms}"),
-            frame_id: format!("f{ms}"),
-            site: "s".into(),
-            camera_id: "c".into(),
-            captured_at: DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000 + ms)
-                .unwrap_or_default(),
-            processed_at: DateTime::<Utc>::from_timestamp_millis(0).unwrap_or_default(),
-            risk: crate::contract::Risk {
-                score: 0,
-                level: Level::None,
-            },
-            priority: 5,
-            description: String::new(),
-            objects: Vec::new(),
-            counts: Default::default(),
-            zones: Vec::new(),
-            image: crate::contract::ImageSize {
-                width: 1,
-                height: 1,
-            },
-            model: crate::contract::ModelRef {
-                name: "m".into(),
-                sha256: "0".into(),
-            },
-            timings_ms: Default::default(),
-            meta: Default::default(),
-            pose: None,
-        }
+        let at = DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000 + ms).unwrap_or_default();
+        RiskEvent::bare(&format!("s.c.f{ms}"), at)
     }
 
     fn crowd(level: Level, tracks: &[u64], sustain_s: f64) -> Condition {

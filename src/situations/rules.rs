@@ -894,36 +894,11 @@ mod tests {
                     }
                 })
                 .collect();
-            let event = RiskEvent {
-                schema: "vigil.event/1".into(),
-                event_id: format!("e{}", self.t),
-                frame_id: "f".into(),
-                site: "s".into(),
-                camera_id: "c".into(),
-                captured_at: DateTime::<Utc>::from_timestamp_millis((self.t * 1000.0) as i64)
-                    .unwrap_or_default(),
-                processed_at: DateTime::<Utc>::from_timestamp_millis(0).unwrap_or_default(),
-                risk: crate::contract::Risk {
-                    score: 0,
-                    level: Level::None,
-                },
-                priority: 5,
-                description: String::new(),
-                objects: objects.clone(),
-                counts: Default::default(),
-                zones: zones.to_vec(),
-                image: crate::contract::ImageSize {
-                    width: 800,
-                    height: 600,
-                },
-                model: crate::contract::ModelRef {
-                    name: "m".into(),
-                    sha256: "0".into(),
-                },
-                timings_ms: Default::default(),
-                meta: Default::default(),
-                pose: None,
-            };
+            let at = DateTime::<Utc>::from_timestamp_millis((self.t * 1000.0) as i64)
+                .unwrap_or_default();
+            let mut event = RiskEvent::bare(&format!("e{}", self.t), at);
+            event.objects = objects.clone();
+            event.zones = zones.to_vec();
             let observations: Vec<Observation> = objects.iter().map(Observation::from).collect();
             let tracks = self.tracker.update(self.t, &observations).to_vec();
             self.state
