@@ -128,7 +128,7 @@ fn frame(id: &str, image: Vec<u8>) -> vigil::contract::Frame {
     vigil::contract::Frame {
         frame_id: id.into(),
         captured_at: chrono::Utc::now(),
-        image,
+        image: image.into(),
         site: None,
         camera_id: None,
         pose: None,

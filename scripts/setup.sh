@@ -33,6 +33,16 @@ if ! .venv/bin/python -c 'import secantus' 2>/dev/null; then
   .venv/bin/pip install -q --pre secantusdb
 fi
 
+# --- a font with Hangul, for the annotated snapshots (Debian's fonts-nanum, OFL-1.1) ---------
+nanum=/usr/share/fonts/truetype/nanum/NanumGothicBold.ttf
+if [ ! -f "$nanum" ] && [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
+  sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  say "installing fonts-nanum (Korean text in annotated snapshots)"
+  $sudo apt-get install -y -q fonts-nanum >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q fonts-nanum >/dev/null; } \
+    || { echo "cannot install fonts-nanum: install it, or set archive.snapshots.font to a font with Hangul" >&2; exit 1; }
+fi
+
 # --- the model ------------------------------------------------------------------------------
 model=models/yolov12n.onnx
 model_sha=e548ab3a406227202334bf5a6623c9814ac6286ff04e68aeb4dc2357732d1a4f

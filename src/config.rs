@@ -243,6 +243,34 @@ pub struct ArchiveConfig {
     /// Seconds before events an archiver took but did not store are delivered again (to it
     /// or another archiver): how far the archive lags after an archiver dies.
     pub ack_wait_s: u64,
+    /// Subject prefix of replayed and re-evaluated messages:
+    /// `<prefix>.<events|alerts>.<level>.<site>.<camera>`.
+    pub replay_prefix: String,
+    pub retention: RetentionConfig,
+    pub snapshots: crate::snapshots::SnapshotConfig,
+}
+
+/// How long the archive keeps things (days; 0 keeps them for ever). MongoDB's TTL monitor
+/// deletes expired documents about once a minute; a changed setting applies at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Events, counted from their capture time.
+    pub events_days: u32,
+    /// Alerts, counted from their last revision.
+    pub alerts_days: u32,
+    /// Snapshots (source frames and annotated images), counted from when they were stored.
+    pub snapshots_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            events_days: 14,
+            alerts_days: 365,
+            snapshots_days: 30,
+        }
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -261,6 +289,9 @@ impl Default for ArchiveConfig {
             batch_wait_ms: 250,
             retry_max_ms: 5_000,
             ack_wait_s: 10,
+            replay_prefix: "vigil.replay".into(),
+            retention: RetentionConfig::default(),
+            snapshots: Default::default(),
         }
     }
 }
@@ -453,6 +484,24 @@ impl Config {
         }
         crate::streams::server_addrs(&self.nats.url)
             .map_err(|e| ConfigError::invalid("nats.url", e))?;
+        let prefix = &self.archive.replay_prefix;
+        let live = [
+            "vigil.frames",
+            "vigil.events",
+            "vigil.alerts",
+            "vigil.tracks",
+            "vigil.dlq",
+        ];
+        if prefix.split('.').any(|t| !crate::contract::is_token(t))
+            || live
+                .iter()
+                .any(|l| prefix == l || prefix.starts_with(&format!("{l}.")))
+        {
+            return Err(ConfigError::invalid(
+                "archive.replay_prefix",
+                "dot-separated tokens of [A-Za-z0-9_-], outside the live subjects (vigil.frames, vigil.events, vigil.alerts, vigil.tracks, vigil.dlq)",
+            ));
+        }
         if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
             return Err(ConfigError::invalid(
                 "nats.tls_cert_file",
@@ -485,6 +534,10 @@ impl Config {
         self.risk
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("risk.{key}"), msg))?;
+        self.archive
+            .snapshots
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("archive.snapshots.{key}"), msg))?;
         self.situations
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("situations.{key}"), msg))?;

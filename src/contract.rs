@@ -41,8 +41,10 @@ const MAX_MSGPACK_DEPTH: usize = 8;
 pub struct Frame {
     pub frame_id: String,
     pub captured_at: DateTime<Utc>,
+    /// The bytes as the camera sent them; a `Bytes` handle, so a snapshot keeps them without
+    /// a copy.
     #[serde(with = "image_bytes")]
-    pub image: Vec<u8>,
+    pub image: bytes::Bytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,11 +112,15 @@ pub struct RiskEvent {
     /// The drone's pose when it took the frame, as the frame gave it (drones only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pose: Option<Pose>,
+    /// The id of this event's snapshot (`vigil snapshot ID`), when its level asked for one
+    /// (`archive.snapshots.min_level`); written after the event, best effort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
-#[cfg(test)]
 impl RiskEvent {
-    /// An event of camera s/c with nothing in it, for unit tests of later stages.
+    /// An event of camera s/c with nothing in it: a starting point for tests of later stages
+    /// and for tools that make events (load generators).
     pub fn bare(event_id: &str, captured_at: DateTime<Utc>) -> RiskEvent {
         RiskEvent {
             schema: EVENT_SCHEMA.into(),
@@ -144,6 +150,7 @@ impl RiskEvent {
             timings_ms: Default::default(),
             meta: Default::default(),
             pose: None,
+            snapshot: None,
         }
     }
 }
@@ -343,6 +350,24 @@ pub struct Alert {
     pub description: String,
     /// The events this revision came from (the most recent, at most 20).
     pub event_ids: Vec<String>,
+    /// Snapshots (`vigil snapshot ID`) of the event that started the alert and of the one at
+    /// its peak, where those events had one.
+    #[serde(default, skip_serializing_if = "AlertSnapshots::is_empty")]
+    pub snapshots: AlertSnapshots,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertSnapshots {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<String>,
+}
+
+impl AlertSnapshots {
+    pub fn is_empty(&self) -> bool {
+        self.new.is_none() && self.peak.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -547,6 +572,11 @@ pub mod subjects {
 
     pub fn alert(level: Level, site: &str, camera: &str) -> String {
         format!("vigil.alerts.{level}.{site}.{camera}")
+    }
+
+    /// A replayed (or re-evaluated) event or alert: `<prefix>.<events|alerts>.<level>.<site>.<camera>`.
+    pub fn replay(prefix: &str, kind: &str, level: Level, site: &str, camera: &str) -> String {
+        format!("{prefix}.{kind}.{level}.{site}.{camera}")
     }
 
     pub fn tracks(site: &str, camera: &str) -> String {
@@ -926,7 +956,7 @@ mod image_bytes {
     use base64::{engine::general_purpose::STANDARD, Engine};
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(bytes: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.serialize_str(&STANDARD.encode(bytes))
         } else {
@@ -934,14 +964,15 @@ mod image_bytes {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
         if d.is_human_readable() {
             let text = String::deserialize(d)?;
             STANDARD
                 .decode(text.trim())
+                .map(bytes::Bytes::from)
                 .map_err(|e| D::Error::custom(format!("image is not valid base64: {e}")))
         } else {
-            Ok(serde_bytes::ByteBuf::deserialize(d)?.into_vec())
+            Ok(serde_bytes::ByteBuf::deserialize(d)?.into_vec().into())
         }
     }
 }
@@ -954,7 +985,7 @@ mod tests {
         Frame {
             frame_id: "f-1".into(),
             captured_at: "2026-11-26T12:00:00.250Z".parse().unwrap(),
-            image: vec![0xff, 0xd8, 0xff, 0x00, 0x01],
+            image: vec![0xff, 0xd8, 0xff, 0x00, 0x01].into(),
             site: Some("seoul-hq".into()),
             camera_id: Some("gate_2".into()),
             pose: None,

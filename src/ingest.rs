@@ -45,6 +45,7 @@ pub struct Processor {
     publish_patience: Duration,
     encoding: Encoding,
     stats: Arc<ProcessorStats>,
+    snapshots: Option<crate::snapshots::Snapshots>,
 }
 
 impl Processor {
@@ -67,7 +68,14 @@ impl Processor {
             publish_patience: Duration::from_secs(config.processor.ack_wait_s) / 2,
             encoding: config.streams.events_encoding,
             stats: Arc::new(ProcessorStats::default()),
+            snapshots: None,
         })
+    }
+
+    /// Keeps a snapshot of every event at or above the configured level (after publishing it).
+    pub fn with_snapshots(mut self, snapshots: Option<crate::snapshots::Snapshots>) -> Self {
+        self.snapshots = snapshots;
+        self
     }
 
     pub fn stats(&self) -> Arc<ProcessorStats> {
@@ -201,25 +209,47 @@ impl Processor {
             queued: delivery.queued,
             patience: None,
         };
+        // A second handle on the same bytes, for the snapshot: no copy.
+        let image = frame.image.clone();
         match self.pipeline.process(frame, origin).await {
-            Ok(event) => match self.publish(message, &event).await {
-                Ok(()) => {
-                    tracing::debug!(frame_id, level = %event.risk.level, score = event.risk.score, "event published");
-                    Outcome::Published
+            Ok(mut event) => {
+                let snapshots = self.snapshots.as_ref().filter(|s| s.wants(&event));
+                if snapshots.is_some() {
+                    event.snapshot = Some(event.event_id.clone());
                 }
-                Err(e) if e.is_permanent() => {
-                    let message = format!("the event cannot be published: {e}");
-                    give_up(
-                        Some(frame_id),
-                        AnalysisError::new(ErrorCode::TooLarge, message),
-                    )
+                let published = self.publish(message, &event).await;
+                if let (Ok(()), Some(s)) = (&published, snapshots) {
+                    s.offer(&event, image);
                 }
-                Err(e) => Outcome::Retry(format!("event not stored: {e}")),
-            },
+                self.settle_publish(frame_id, &event, published)
+            }
             Err(e) if e.code.is_transient() && delivery.delivered < self.max_deliver => {
                 Outcome::Retry(e.to_string())
             }
             Err(error) => give_up(Some(frame_id), error),
+        }
+    }
+
+    fn settle_publish(
+        &self,
+        frame_id: &str,
+        event: &contract::RiskEvent,
+        published: Result<(), PublishError>,
+    ) -> Outcome {
+        let give_up = |frame_id: &str, error| Outcome::GiveUp {
+            frame_id: Some(frame_id.to_string()),
+            error,
+        };
+        match published {
+            Ok(()) => {
+                tracing::debug!(frame_id, level = %event.risk.level, score = event.risk.score, "event published");
+                Outcome::Published
+            }
+            Err(e) if e.is_permanent() => {
+                let message = format!("the event cannot be published: {e}");
+                give_up(frame_id, AnalysisError::new(ErrorCode::TooLarge, message))
+            }
+            Err(e) => Outcome::Retry(format!("event not stored: {e}")),
         }
     }
 

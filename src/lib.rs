@@ -15,6 +15,8 @@
 //!     ─▶ vigil.alerts.<level>.<site>.<camera> (VIGIL_ALERTS) ─▶ archive ─▶ MongoDB alerts
 //!     ─▶ vigil.tracks.<site>.<camera> (live tracks, core NATS)
 //! vigil.analyze ─▶ service ─▶ pipeline ─▶ reply
+//! MongoDB ─▶ archive::query ─▶ archive::replay ─▶ vigil.replay.<events|alerts>.<level>.<site>.<camera>
+//!         ─▶ archive::reevaluate (situations::Evaluator, two configurations) ─▶ differences
 //! ```
 //!
 //! - [`contract`]: wire types (frame, risk event, error reply, dead letter), subjects, codec.
@@ -28,13 +30,17 @@
 //! - [`pipeline`]: `process(frame) -> event`, the only place that orders the stages.
 //! - [`streams`]: NATS connection, JetStream streams and durable consumers.
 //! - [`ingest`]: the frame processor: pull, process, publish, ack / DLQ / retry.
-//! - [`archive`]: the MongoDB archiver (events, and alerts by newest revision).
+//! - [`archive`]: MongoDB: the archiver (events, and alerts by newest revision), indexed
+//!   queries, replay, re-evaluation, retention.
+//! - [`snapshots`]: the frames behind important events, kept with an annotated JPEG (GridFS
+//!   or a directory), off the hot path.
 //! - [`situations`]: the stateful stage: tracks, rules, alert lifecycles, failover.
 //! - [`service`]: the NATS service answering `vigil.analyze`.
 //! - [`publish`]: events and dead letters into JetStream (ack awaited, retried while it lasts).
 //! - [`backlog`]: counts the frames JetStream dropped unanalysed (backlog limit, age).
 //! - [`serve`]: `vigil serve`, all of the above with a bounded, draining shutdown.
-//! - [`tools`]: clients for people at a terminal: play, watch events, analyze one image.
+//! - [`tools`]: clients for people at a terminal: play, watch, analyze one image, calibrate,
+//!   bev, and query/replay/reevaluate the archive.
 
 // No unwrap or expect in the service: a bad message is an outcome, never a crash (tests may).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -53,6 +59,7 @@ pub mod scene;
 pub mod serve;
 pub mod service;
 pub mod situations;
+pub mod snapshots;
 pub mod streams;
 pub mod tools;
 pub mod vision;

@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use vigil::archive::query::{Filter, Kind};
+use vigil::archive::replay::Pace;
 use vigil::config::Config;
-use vigil::tools::{analyze, bev, calibrate, play, status, watch};
+use vigil::contract::Level;
+use vigil::tools::{analyze, archive, bev, calibrate, play, status, watch};
 
 #[derive(Parser)]
 #[command(
@@ -128,6 +132,62 @@ enum Command {
         /// Subject filter, e.g. vigil.alerts.critical.> or vigil.alerts.*.seoul-hq.>
         #[arg(default_value = "vigil.alerts.>")]
         subject: String,
+    },
+    /// Find archived events or alerts, newest first (each query served by an index).
+    Query {
+        #[arg(value_enum)]
+        kind: Kind,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// table, json (one per line, as published) or geojson (one feature per object).
+        #[arg(long, value_enum, default_value = "table")]
+        output: archive::Output,
+    },
+    /// Republish archived events or alerts in capture order on
+    /// <replay_prefix>.<events|alerts>.<level>.<site>.<camera>, with header Vigil-Replay.
+    Replay {
+        #[arg(value_enum)]
+        kind: Kind,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Original gaps divided by this (1: real time).
+        #[arg(long, default_value_t = 1.0, conflicts_with = "max")]
+        speed: f64,
+        /// As fast as NATS takes them.
+        #[arg(long)]
+        max: bool,
+    },
+    /// Run archived events through the situation stage with another configuration and
+    /// report which alerts would appear, disappear or change.
+    Reevaluate {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// The candidate configuration (the one vigil runs with is --config).
+        #[arg(long, value_name = "OTHER.toml")]
+        with: PathBuf,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also publish the candidate's alert messages on <replay_prefix>.alerts….
+        #[arg(long)]
+        publish: bool,
+    },
+    /// Write an event's snapshot (the frame as the camera sent it, or annotated) to a file;
+    /// an alert id gives the snapshot of the event that started it.
+    Snapshot {
+        /// An event id (or an alert id).
+        id: String,
+        /// The annotated JPEG instead of the source frame.
+        #[arg(long)]
+        annotated: bool,
+        /// For an alert: the snapshot at its peak.
+        #[arg(long)]
+        peak: bool,
+        #[arg(short, long)]
+        out: PathBuf,
     },
     /// Print the resolved configuration (secrets masked) and each camera's calibration error.
     CheckConfig,
@@ -276,6 +336,66 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{}", bev::run(&config, &options).await?);
         }
         Command::Alerts { subject } => watch::watch_alerts(&config, &subject).await?,
+        Command::Query {
+            kind,
+            filter,
+            limit,
+            output,
+        } => {
+            archive::query(&config, kind, &filter.filter(), limit, output).await?;
+        }
+        Command::Replay {
+            kind,
+            filter,
+            speed,
+            max,
+        } => {
+            let pace = match max {
+                true => Pace::Max,
+                false if speed.is_finite() && speed > 0.0 => Pace::Speed(speed),
+                false => anyhow::bail!("--speed must be a number above 0"),
+            };
+            let mut flags = filter.flags();
+            flags.push(match pace {
+                Pace::Max => "--max".into(),
+                Pace::Speed(s) => format!("--speed {s}"),
+            });
+            let request = archive::ReplayRequest {
+                kind,
+                filter: &filter.filter(),
+                pace,
+                flags,
+            };
+            let summary = archive::replay(&config, &request, &archive::ctrl_c()).await?;
+            if summary.interrupted {
+                std::process::exit(130);
+            }
+        }
+        Command::Reevaluate {
+            filter,
+            with,
+            json,
+            publish,
+        } => {
+            archive::reevaluate(
+                &config,
+                &with,
+                &filter.filter(),
+                json,
+                publish,
+                &archive::ctrl_c(),
+            )
+            .await?;
+        }
+        Command::Snapshot {
+            id,
+            annotated,
+            peak,
+            out,
+        } => eprintln!(
+            "{}",
+            archive::snapshot(&config, &id, annotated, peak, &out).await?
+        ),
         Command::CheckConfig => print!("{}", config.check_report()),
         Command::Ping { timeout } => {
             if !status::ping(&config, Duration::from_secs(timeout)).await? {
@@ -289,6 +409,101 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Filters of the archive commands.
+#[derive(clap::Args)]
+struct FilterArgs {
+    #[arg(long)]
+    site: Option<String>,
+    /// A camera id (with --site).
+    #[arg(long)]
+    camera: Option<String>,
+    /// This risk level or above (none, low, medium, high, critical); for alerts, the peak.
+    #[arg(long, value_parser = parse_level)]
+    level: Option<Level>,
+    /// RFC 3339 time, or a duration ago: 30m, 2h, 7d.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// RFC 3339 time, or a duration ago.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// An object label (person, car…).
+    #[arg(long)]
+    label: Option<String>,
+    /// A zone (or, for alerts, line) id.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Alerts of one rule: intrusion, loitering, crowd, proximity, line_crossing, count.
+    #[arg(long)]
+    rule: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            site: self.site.clone(),
+            camera: self.camera.clone(),
+            level_at_least: self.level,
+            since: self.since,
+            until: self.until,
+            label: self.label.clone(),
+            zone: self.zone.clone(),
+            rule: self.rule.clone(),
+        }
+    }
+
+    /// The flags again (all but --since), for the command that resumes a replay.
+    fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                flags.push(format!("--{name} {v}"));
+            }
+        };
+        add("site", self.site.clone());
+        add("camera", self.camera.clone());
+        add("level", self.level.map(|l| l.as_str().to_string()));
+        add(
+            "until",
+            self.until
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        add("label", self.label.clone());
+        add("zone", self.zone.clone());
+        add("rule", self.rule.clone());
+        flags
+    }
+}
+
+fn parse_level(text: &str) -> Result<Level, String> {
+    Level::ALL
+        .into_iter()
+        .find(|l| l.as_str() == text.to_ascii_lowercase())
+        .ok_or_else(|| "one of none, low, medium, high, critical".to_string())
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(
+                "an RFC 3339 time (2026-11-26T12:00:00Z) or a duration ago (30m, 2h, 7d)".into(),
+            )
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let ago = chrono::Duration::milliseconds((n * seconds * 1000.0) as i64);
+    Ok(Utc::now() - ago)
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

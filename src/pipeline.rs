@@ -254,6 +254,7 @@ impl Pipeline {
             timings_ms: timings,
             meta: frame.meta,
             pose: frame.pose,
+            snapshot: None,
         }
     }
 }

@@ -316,6 +316,35 @@ impl FrameGround {
         }
     }
 
+    /// Each zone's outline in image pixels (for drawing on the frame): the corners the
+    /// camera sees, in front of it; a zone with fewer than two such corners is left out.
+    pub fn zone_outlines_in_image(&self) -> Vec<Vec<(f32, f32)>> {
+        let Some(h) = self.homography() else {
+            return Vec::new();
+        };
+        let m = h.matrix();
+        let forward = nalgebra::Matrix3::from_fn(|r, c| m[r][c]);
+        let Some(inverse) = forward.try_inverse() else {
+            return Vec::new();
+        };
+        self.zone_corners()
+            .into_iter()
+            .map(|corners| {
+                corners
+                    .iter()
+                    .filter_map(|g| {
+                        let q = inverse * nalgebra::Vector3::new(g.x_m, g.y_m, 1.0);
+                        let back = forward * q;
+                        (q.z.abs() > 1e-12 && back.z * q.z.signum() > 0.0)
+                            .then(|| ((q.x / q.z) as f32, (q.y / q.z) as f32))
+                    })
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|outline| outline.len() >= 2)
+            .collect()
+    }
+
     /// Each zone's corners on this frame's ground (for drawing).
     pub fn zone_corners(&self) -> Vec<Vec<GroundPoint>> {
         self.zones

@@ -29,6 +29,8 @@ pub enum ServeError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Situations(#[from] crate::situations::stage::StageError),
+    #[error("snapshots: {0}")]
+    Snapshots(#[from] crate::snapshots::SnapshotError),
 }
 
 /// Everything `serve` runs, connected and loaded.
@@ -38,6 +40,7 @@ pub struct Server {
     service: Option<AnalyzeService>,
     archiver: Option<Archiver>,
     situations: Option<SituationStage>,
+    snapshots: Option<crate::snapshots::Writer>,
     drain_timeout: Duration,
 }
 
@@ -67,8 +70,17 @@ impl Server {
         } else {
             None
         };
+        let (snapshots, snapshot_writer) = match config.processor.enabled {
+            true => crate::snapshots::build(config).await?.unzip(),
+            false => (None, None),
+        };
+        let snapshot_stats = snapshots.as_ref().map(crate::snapshots::Snapshots::stats);
         let processor = match (&pipeline, config.processor.enabled) {
-            (Some(p), true) => Some(Processor::build(js.clone(), config, p.clone()).await?),
+            (Some(p), true) => Some(
+                Processor::build(js.clone(), config, p.clone())
+                    .await?
+                    .with_snapshots(snapshots),
+            ),
             _ => None,
         };
         let archiver = match config.archive.enabled {
@@ -84,6 +96,7 @@ impl Server {
             backlog: processor.as_ref().map(Processor::backlog_stats),
             archive: archiver.as_ref().map(Archiver::stats),
             situations: situations.as_ref().map(SituationStage::stats),
+            snapshots: snapshot_stats,
         };
         let service = match (&pipeline, config.service.enabled) {
             (Some(p), true) => {
@@ -97,6 +110,7 @@ impl Server {
             service,
             archiver,
             situations,
+            snapshots: snapshot_writer,
             drain_timeout: Duration::from_secs(config.serve.drain_timeout_s),
         })
     }
@@ -118,6 +132,9 @@ impl Server {
         }
         if let Some(s) = self.situations {
             tasks.push(tokio::spawn(s.run(shutdown.clone())));
+        }
+        if let Some(w) = self.snapshots {
+            tasks.push(tokio::spawn(w.run(shutdown.clone())));
         }
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let everything = async {

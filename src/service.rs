@@ -47,6 +47,7 @@ pub struct Counters {
     pub backlog: Option<Arc<BacklogStats>>,
     pub archive: Option<Arc<ArchiveStats>>,
     pub situations: Option<Arc<crate::situations::stage::StageStats>>,
+    pub snapshots: Option<Arc<crate::snapshots::SnapshotStats>>,
 }
 
 impl Counters {
@@ -68,6 +69,11 @@ impl Counters {
             data["events_archived"] = load(&a.archived).into();
             data["events_refused_by_archive"] = load(&a.refused).into();
             data["mongodb_down"] = (load(&a.mongodb_down) == 1).into();
+        }
+        if let Some(s) = &self.snapshots {
+            data["snapshots_stored"] = load(&s.stored).into();
+            data["snapshots_dropped"] = load(&s.dropped).into();
+            data["snapshots_failed"] = load(&s.failed).into();
         }
         if let Some(s) = &self.situations {
             data["situation_events_applied"] = load(&s.events_applied).into();

@@ -145,8 +145,11 @@ async fn bus_frame_becomes_an_event_and_an_archived_document() {
     );
     let indexes = archive.list_index_names().await.unwrap();
     assert!(
-        indexes.contains(&"camera_time".to_string())
-            && indexes.contains(&"site_level_time".to_string()),
+        vigil::archive::event_indexes()
+            .iter()
+            .map(|(name, _)| *name)
+            .chain([vigil::archive::RETENTION_INDEX])
+            .all(|name| indexes.contains(&name.to_string())),
         "{indexes:?}"
     );
 
@@ -532,7 +535,7 @@ async fn analyze_refuses_unknown_cameras_and_oversized_images_as_configured() {
         "bus.jpg is 137 kB"
     );
 
-    known.image = common::image("zidane.jpg"); // 50 kB
+    known.image = common::image("zidane.jpg").into(); // 50 kB
     let (status, json) = ask(known).await;
     assert_eq!(status, None, "{json}");
     common::assert_valid("event.schema.json", &json);

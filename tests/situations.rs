@@ -3,168 +3,12 @@
 
 mod common;
 
+use common::sequence::{scene, scene_config, sequence_events};
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use vigil::config::Config;
+use chrono::Duration as ChronoDuration;
 use vigil::contract::{Alert, AlertState, RiskEvent};
-use vigil::detect::Detector;
-use vigil::pipeline::{Origin, Pipeline};
-
-/// The sequence's frames are 10 per second.
-const FRAME_MS: i64 = 100;
-
-fn start() -> DateTime<Utc> {
-    "2026-11-26T12:00:00Z".parse().unwrap()
-}
-
-/// The shipped configuration with the demo camera, one detector session.
-pub fn config() -> Config {
-    let mut config = Config::from_toml(include_str!("../config/vigil.toml")).unwrap();
-    config.detector.sessions = 1;
-    config
-}
-
-/// Events of the 300 frames as camera demo/vtest, captured 100 ms apart.
-pub async fn sequence_events() -> Vec<RiskEvent> {
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vtest_events.msgpack");
-    if let Ok(bytes) = std::fs::read(&cache) {
-        if let Ok(events) = rmp_serde::from_slice::<Vec<RiskEvent>>(&bytes) {
-            if events.len() == 300 {
-                return events;
-            }
-        }
-    }
-    let config = config();
-    let pipeline = Pipeline::new(&config, Detector::load(&config.detector).unwrap()).unwrap();
-    let images = common::rig::sequence(300);
-    let mut events = Vec::new();
-    for (i, image) in images.into_iter().enumerate() {
-        let mut frame = common::frame(&format!("f{i:04}"), image);
-        frame.captured_at = start() + ChronoDuration::milliseconds(FRAME_MS * i as i64);
-        let origin = Origin {
-            site: "demo",
-            camera: "vtest",
-            queued: Default::default(),
-            patience: None,
-        };
-        events.push(pipeline.process(frame, origin).await.unwrap());
-    }
-    let _ = std::fs::write(&cache, rmp_serde::to_vec_named(&events).unwrap());
-    events
-}
-
-/// The sequence as a test scene: the demo camera (its taped-off "cordon", restricted; the
-/// service road, hazard: loitering after 5 s; its line across the plaza) with a "lot" around
-/// the two parked vehicles (restricted), more than 6 people in view for 3 s counted; the parked
-/// truck's detection drops out for 3 s (a flicker); then 10 s of an empty scene.
-fn scene_config() -> Config {
-    let mut config = config();
-    let camera = &mut config.cameras[0];
-    camera.zones.push(vigil::config::ZoneConfig {
-        id: "lot".into(),
-        name: "Parking lot".into(),
-        kind: "restricted".into(),
-        polygon: vec![[26.0, 78.0], [46.0, 78.0], [46.0, 98.0], [26.0, 98.0]],
-        polygon_geo: Vec::new(),
-    });
-    assert_eq!(
-        camera.lines[0].id, "crossing",
-        "the shipped line across the plaza"
-    );
-    let rules = &mut config.situations.rules;
-    rules.intrusion.min_duration_s = 3.0;
-    rules.stationary.after_s = 2.0;
-    rules.loitering.dwell_s = 5.0;
-    rules.count.max = 6;
-    rules.count.sustain_s = 3.0;
-    config.validate().unwrap();
-    config
-}
-
-fn scene(events: &[RiskEvent], config: &Config) -> Vec<RiskEvent> {
-    // The zones are the scene's: re-place the objects with the scene's camera.
-    let mut out: Vec<RiskEvent> = events
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, mut e)| {
-            if (120..150).contains(&i) {
-                e.objects.retain(|o| o.label != "truck");
-            }
-            rezone(&mut e, config);
-            e
-        })
-        .collect();
-    let last = out.last().cloned().unwrap();
-    for k in 1..=100 {
-        let mut empty = last.clone();
-        empty.frame_id = format!("empty{k:03}");
-        empty.event_id = format!("demo.vtest.empty{k:03}");
-        empty.captured_at = last.captured_at + ChronoDuration::milliseconds(FRAME_MS * k);
-        empty.objects.clear();
-        for z in &mut empty.zones {
-            z.occupancy = 0;
-            z.density_per_m2 = 0.0;
-        }
-        out.push(empty);
-    }
-    out
-}
-
-/// Zone membership of each object and zone reports, as the pipeline would give them with
-/// `config`'s zones.
-fn rezone(event: &mut RiskEvent, config: &Config) {
-    let camera = &config.cameras[0];
-    let polygons: Vec<(vigil::config::ZoneConfig, vigil::geo::Polygon)> = camera
-        .zones
-        .iter()
-        .map(|z| {
-            (
-                z.clone(),
-                vigil::geo::Polygon::new(z.polygon.clone()).unwrap(),
-            )
-        })
-        .collect();
-    for o in &mut event.objects {
-        o.zones = match o.ground {
-            Some(g) => polygons
-                .iter()
-                .filter(|(_, p)| {
-                    p.contains(vigil::geo::GroundPoint {
-                        x_m: g.x_m,
-                        y_m: g.y_m,
-                    })
-                })
-                .map(|(z, _)| z.id.clone())
-                .collect(),
-            None => Vec::new(),
-        };
-    }
-    event.zones = polygons
-        .iter()
-        .map(|(z, p)| {
-            let occupancy = event
-                .objects
-                .iter()
-                .filter(|o| {
-                    !o.low_score
-                        && o.zones.contains(&z.id)
-                        && config.risk.counts_in_zone(&o.label, &z.kind)
-                })
-                .count() as u32;
-            vigil::contract::ZoneReport {
-                id: z.id.clone(),
-                name: z.name.clone(),
-                kind: z.kind.clone(),
-                occupancy,
-                density_per_m2: f64::from(occupancy) / p.area_m2(),
-                area_m2: p.area_m2(),
-            }
-        })
-        .collect();
-}
 
 fn summary(alerts: &[Alert]) -> String {
     alerts
@@ -507,4 +351,42 @@ async fn kill_9_of_the_active_instance_repeats_no_new_and_loses_no_end() {
             "longest_gap_in_tracks_after_kill_s": failover.as_secs_f64(),
         }),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_names_the_snapshot_of_its_start_and_of_its_peak() {
+    let config = scene_config();
+    // Snapshots were kept for every 10th event (a per-camera interval, as processors do).
+    let mut events = scene(&sequence_events().await, &config);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.snapshot = (i % 10 == 0).then(|| e.event_id.clone());
+    }
+    let at: BTreeMap<String, chrono::DateTime<chrono::Utc>> = events
+        .iter()
+        .map(|e| (e.event_id.clone(), e.captured_at))
+        .collect();
+    let alerts = vigil::situations::evaluate(&config, events);
+    assert!(!alerts.is_empty());
+    for alert in &alerts {
+        common::assert_valid("alert.schema.json", &serde_json::to_value(alert).unwrap());
+        let new = alert
+            .snapshots
+            .new
+            .as_ref()
+            .expect("a snapshot of the start");
+        let peak = alert
+            .snapshots
+            .peak
+            .as_ref()
+            .expect("a snapshot of the peak");
+        for (id, moment) in [(new, None), (peak, Some(alert.peak.at))] {
+            let shot = at[id];
+            let reference = moment.unwrap_or(shot);
+            assert!(
+                shot <= reference && reference - shot <= ChronoDuration::seconds(2),
+                "{}: snapshot {id} at {shot} for a moment at {reference}",
+                alert.alert_id
+            );
+        }
+    }
 }

@@ -9,7 +9,6 @@
 //! forbids): retrying cannot help, so the batch is split until the refused event stands
 //! alone; it is recorded on the dead-letter stream (stage `archive`) and acked, and the rest
 //! is archived. One bad event never holds up the events behind it.
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,17 +16,19 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Context};
 use chrono::Utc;
 use futures::StreamExt;
-use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
-use mongodb::{Collection, IndexModel};
+use mongodb::Collection;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ArchiveConfig, Config};
+use super::{
+    alert_document, alerts_collection, collection, ensure_alert_indexes, ensure_indexes,
+    to_document, ArchiveError,
+};
+use crate::config::Config;
 use crate::contract::{self, Alert, DeadLetter, Encoding, ErrorCode, RiskEvent, Stage, DLQ_SCHEMA};
 
 const DUPLICATE_KEY: i32 = 11000;
-const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// MongoDB's document size limit.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Server error codes that say "not now" rather than "not this document": the node is
@@ -38,122 +39,6 @@ const TRANSIENT_CODES: [i32; 17] = [
 ];
 /// How often a MongoDB outage is repeated in the log while it lasts.
 const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    #[error("invalid MongoDB connection string {uri}: {source}")]
-    Uri {
-        uri: String,
-        source: mongodb::error::Error,
-    },
-    #[error("cannot read archive.password_file {path}: {source}")]
-    Password {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Streams(#[from] crate::streams::StreamsError),
-}
-
-/// Opens the events collection (the client connects lazily, so MongoDB may still be down).
-pub async fn collection(config: &ArchiveConfig) -> Result<Collection<Document>, ArchiveError> {
-    named_collection(config, &config.collection).await
-}
-
-/// Opens the alerts collection.
-pub async fn alerts_collection(
-    config: &ArchiveConfig,
-) -> Result<Collection<Document>, ArchiveError> {
-    named_collection(config, &config.alerts_collection).await
-}
-
-async fn named_collection(
-    config: &ArchiveConfig,
-    name: &str,
-) -> Result<Collection<Document>, ArchiveError> {
-    let uri_error = |source| ArchiveError::Uri {
-        uri: crate::config::mask_userinfo(&config.uri),
-        source,
-    };
-    let mut options = ClientOptions::parse(&config.uri).await.map_err(uri_error)?;
-    // The driver's 30 s default would let one attempt outlast the shutdown grace period; a
-    // shorter one keeps retries, and the log lines that say MongoDB is down, frequent.
-    options
-        .server_selection_timeout
-        .get_or_insert(SERVER_SELECTION_TIMEOUT);
-    if let Some(username) = &config.username {
-        let mut credential = options.credential.take().unwrap_or_default();
-        credential.username = Some(username.clone());
-        // vigil needs MongoDB 6+, where SCRAM-SHA-256 is always there; naming it spares the
-        // negotiation, which some MongoDB-wire servers do not answer.
-        credential
-            .mechanism
-            .get_or_insert(mongodb::options::AuthMechanism::ScramSha256);
-        if let Some(path) = &config.password_file {
-            let password =
-                std::fs::read_to_string(path).map_err(|source| ArchiveError::Password {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            credential.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
-        }
-        options.credential = Some(credential);
-    }
-    if config.tls_ca_file.is_some() || config.tls_cert_key_file.is_some() {
-        let mut tls = match options.tls.take() {
-            Some(Tls::Enabled(tls)) => tls,
-            _ => TlsOptions::default(),
-        };
-        if let Some(ca) = &config.tls_ca_file {
-            tls.ca_file_path = Some(ca.clone());
-        }
-        if let Some(pem) = &config.tls_cert_key_file {
-            tls.cert_key_file_path = Some(pem.clone());
-        }
-        options.tls = Some(Tls::Enabled(tls));
-    }
-    let client = mongodb::Client::with_options(options).map_err(uri_error)?;
-    Ok(client.database(&config.database).collection(name))
-}
-
-fn index(keys: Document, name: &str) -> IndexModel {
-    IndexModel::builder()
-        .keys(keys)
-        .options(IndexOptions::builder().name(name.to_string()).build())
-        .build()
-}
-
-/// The indexes every query of the archive uses.
-pub async fn ensure_indexes(collection: &Collection<Document>) -> mongodb::error::Result<()> {
-    collection
-        .create_indexes([
-            index(
-                doc! { "site": 1, "camera_id": 1, "captured_at": -1 },
-                "camera_time",
-            ),
-            index(
-                doc! { "site": 1, "risk.level": 1, "captured_at": -1 },
-                "site_level_time",
-            ),
-        ])
-        .await?;
-    Ok(())
-}
-
-/// An event as stored: `_id = event_id`, timestamps as BSON dates.
-pub fn to_document(event: &RiskEvent) -> Result<Document, bson::ser::Error> {
-    let mut document = bson::to_document(event)?;
-    document.insert("_id", event.event_id.clone());
-    document.insert(
-        "captured_at",
-        bson::DateTime::from_millis(event.captured_at.timestamp_millis()),
-    );
-    document.insert(
-        "processed_at",
-        bson::DateTime::from_millis(event.processed_at.timestamp_millis()),
-    );
-    Ok(document)
-}
 
 /// What one insert attempt means.
 #[derive(Debug, PartialEq)]
@@ -241,6 +126,7 @@ pub struct Archiver {
     batch_wait: Duration,
     retry_max: Duration,
     ack_wait: Duration,
+    retention_days: u32,
     stats: Arc<ArchiveStats>,
 }
 
@@ -259,6 +145,7 @@ impl Archiver {
                 consumer: crate::streams::alert_archiver(js, config).await?,
                 collection: alerts_collection(&config.archive).await?,
                 retry_max: Duration::from_millis(config.archive.retry_max_ms),
+                retention_days: config.archive.retention.alerts_days,
             }),
             consumer: crate::streams::archiver(js, config).await?,
             collection: collection(&config.archive).await?,
@@ -266,6 +153,7 @@ impl Archiver {
             batch_wait: Duration::from_millis(config.archive.batch_wait_ms),
             retry_max: Duration::from_millis(config.archive.retry_max_ms),
             ack_wait: Duration::from_secs(config.archive.ack_wait_s),
+            retention_days: config.archive.retention.events_days,
             stats: Arc::new(ArchiveStats::default()),
         })
     }
@@ -416,7 +304,7 @@ impl Archiver {
                 continue;
             }
             if !*indexed {
-                match ensure_indexes(&self.collection).await {
+                match ensure_indexes(&self.collection, self.retention_days).await {
                     Ok(()) => *indexed = true,
                     Err(e) => tracing::debug!(error = %e, "cannot create archive indexes yet"),
                 }
@@ -493,6 +381,7 @@ struct AlertArchiver {
     consumer: PullConsumer,
     collection: Collection<Document>,
     retry_max: Duration,
+    retention_days: u32,
 }
 
 impl AlertArchiver {
@@ -510,7 +399,14 @@ impl AlertArchiver {
             };
             while let Some(Ok(message)) = batch.next().await {
                 if !indexed {
-                    indexed = ensure_alert_indexes(&self.collection).await.is_ok();
+                    indexed =
+                        match ensure_alert_indexes(&self.collection, self.retention_days).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cannot create alert indexes yet");
+                                false
+                            }
+                        };
                 }
                 if !self.store(&message, &shutdown).await {
                     return;
@@ -569,38 +465,6 @@ impl AlertArchiver {
             }
         }
     }
-}
-
-/// An alert as stored: `_id = alert_id`, times as BSON dates.
-pub fn alert_document(alert: &Alert) -> Result<Document, String> {
-    let mut document = bson::to_document(alert).map_err(|e| e.to_string())?;
-    document.insert("_id", alert.alert_id.clone());
-    let date =
-        |t: &chrono::DateTime<chrono::Utc>| bson::DateTime::from_millis(t.timestamp_millis());
-    document.insert("started_at", date(&alert.started_at));
-    document.insert("updated_at", date(&alert.updated_at));
-    if let Some(ended) = &alert.ended_at {
-        document.insert("ended_at", date(ended));
-    }
-    document.insert("revision", i64::from(alert.revision));
-    Ok(document)
-}
-
-/// The indexes the alerts collection's queries use.
-pub async fn ensure_alert_indexes(collection: &Collection<Document>) -> mongodb::error::Result<()> {
-    collection
-        .create_indexes([
-            index(
-                doc! { "site": 1, "camera_id": 1, "started_at": -1 },
-                "camera_started",
-            ),
-            index(
-                doc! { "site": 1, "level": 1, "started_at": -1 },
-                "site_level_started",
-            ),
-        ])
-        .await?;
-    Ok(())
 }
 
 fn decode(message: &jetstream::Message) -> Result<Document, String> {
@@ -668,12 +532,6 @@ fn dead_letter(message: &jetstream::Message, reason: &str) -> DeadLetter {
         size_bytes: message.payload.len(),
         at: Utc::now(),
     }
-}
-
-/// The `_id` filter for a list of event ids.
-pub fn ids_filter(ids: &[String]) -> Document {
-    let ids: Vec<Bson> = ids.iter().cloned().map(Bson::String).collect();
-    doc! { "_id": { "$in": ids } }
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::{seconds, Condition};
 use super::track::Track;
-use crate::contract::{Alert, AlertObject, AlertState, EndReason, Peak, RiskEvent, ALERT_SCHEMA};
+use crate::contract::{
+    Alert, AlertObject, AlertSnapshots, AlertState, EndReason, Peak, RiskEvent, ALERT_SCHEMA,
+};
 use crate::risk::{label_counts, priority, Language};
 
 /// Most event ids one alert message carries.
@@ -66,6 +68,9 @@ pub struct Moment<'a> {
     pub tracks: &'a [Track],
     /// The camera's name for descriptions.
     pub place: &'a str,
+    /// The snapshot that shows this moment: the event's own, or the camera's latest one
+    /// taken shortly before.
+    pub snapshot: Option<&'a str>,
 }
 
 impl AlertBook {
@@ -243,6 +248,10 @@ fn start(
         end_reason: None,
         description: String::new(),
         event_ids: events,
+        snapshots: AlertSnapshots {
+            new: moment.snapshot.map(str::to_string),
+            peak: moment.snapshot.map(str::to_string),
+        },
     };
     alert.description = describe(life.language, moment.place, &alert);
     alert
@@ -265,6 +274,9 @@ fn revise(
             level: condition.level.max(next.peak.level),
             at: t,
         };
+        if let Some(id) = moment.snapshot {
+            next.snapshots.peak = Some(id.to_string());
+        }
     }
     for (direction, n) in &condition.crossings {
         *next.crossings.entry(direction.clone()).or_insert(0) += n;
@@ -282,6 +294,7 @@ fn revise(
     let waited = seconds(t) - seconds(last.updated_at) >= life.update_min_interval_s;
     // Peaks and counts are kept even when no message goes out, so the next one is complete.
     active.alert.peak = next.peak;
+    active.alert.snapshots = next.snapshots.clone();
     active.alert.crossings = next.crossings.clone();
     if !(escalated || (changed && waited)) {
         return None;
@@ -452,6 +465,7 @@ mod tests {
                 event: &e,
                 tracks: &[],
                 place: "Plaza cam",
+                snapshot: None,
             };
             for a in book.apply(&LIFE, &moment, condition.iter().cloned().collect()) {
                 out.push((i, a.state, a.level));
@@ -518,6 +532,7 @@ mod tests {
             event: &e,
             tracks: &[],
             place: "Plaza cam",
+            snapshot: None,
         };
         assert!(other.apply(&LIFE, &moment, Vec::new()).is_empty());
         let e = event(12_500);
@@ -525,6 +540,7 @@ mod tests {
             event: &e,
             tracks: &[],
             place: "Plaza cam",
+            snapshot: None,
         };
         let out = other.apply(&LIFE, &moment, Vec::new());
         assert_eq!((out[0].state, out[0].revision), (AlertState::End, 3));

@@ -32,6 +32,10 @@ pub struct CameraRules {
     pub origin: Option<crate::geo::GeoOrigin>,
 }
 
+/// An alert without a snapshot of its own moment takes the camera's latest one when it is at
+/// most this old (capture time).
+const SNAPSHOT_RECENT_MS: i64 = 2_000;
+
 pub struct CameraSituation {
     reorder: Reorder<RiskEvent>,
     tracker: Tracker,
@@ -42,6 +46,8 @@ pub struct CameraSituation {
     /// Where a drone without a configured origin was first seen: its tracks are kept in
     /// metres from there, since its events' ground metres move with it.
     anchor: Option<crate::geo::GeoOrigin>,
+    /// The camera's latest snapshot id and its capture time.
+    last_snapshot: Option<(String, DateTime<Utc>)>,
 }
 
 impl CameraSituation {
@@ -54,6 +60,7 @@ impl CameraSituation {
             rules,
             life,
             anchor: None,
+            last_snapshot: None,
         }
     }
 
@@ -128,10 +135,21 @@ impl CameraSituation {
         let conditions = self
             .state
             .evaluate(&self.rules.rules, &self.rules.lines, &event, &tracks);
+        if let Some(id) = &event.snapshot {
+            self.last_snapshot = Some((id.clone(), event.captured_at));
+        }
+        let snapshot = self
+            .last_snapshot
+            .as_ref()
+            .filter(|(_, at)| {
+                (event.captured_at - *at) <= chrono::Duration::milliseconds(SNAPSHOT_RECENT_MS)
+            })
+            .map(|(id, _)| id.as_str());
         let moment = Moment {
             event: &event,
             tracks: &tracks,
             place: &self.rules.place,
+            snapshot,
         };
         let alerts = self.book.apply(&self.life, &moment, conditions);
         let tracks = self.track_update(&event, &tracks, t);

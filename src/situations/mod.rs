@@ -171,24 +171,33 @@ impl CameraRulesConfig {
     }
 }
 
-/// Runs events through the stage without NATS: per camera in capture order, everything
-/// flushed at the end. The alerts a live stage would publish for these events (replay,
-/// re-evaluation with another configuration, tests).
-pub fn evaluate(
-    config: &Config,
-    events: impl IntoIterator<Item = crate::contract::RiskEvent>,
-) -> Vec<crate::contract::Alert> {
-    use std::collections::BTreeMap;
-    let life = alerts::Lifecycle {
-        end_after_s: config.situations.end_after_s,
-        update_min_interval_s: config.situations.update_min_interval_s,
-        language: config.risk.language,
-    };
-    let mut cameras: BTreeMap<(String, String), camera::CameraSituation> = BTreeMap::new();
-    let mut out = Vec::new();
-    for event in events {
+/// The stage without NATS: events in (per camera in capture order, reordered within the
+/// window), the alert messages a live stage would publish out. Replay, re-evaluation with
+/// another configuration, and tests drive it.
+pub struct Evaluator {
+    config: Config,
+    life: alerts::Lifecycle,
+    cameras: std::collections::BTreeMap<(String, String), camera::CameraSituation>,
+}
+
+impl Evaluator {
+    pub fn new(config: &Config) -> Evaluator {
+        Evaluator {
+            config: config.clone(),
+            life: alerts::Lifecycle {
+                end_after_s: config.situations.end_after_s,
+                update_min_interval_s: config.situations.update_min_interval_s,
+                language: config.risk.language,
+            },
+            cameras: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Applies one event; returns the alert messages it released (new, update, end).
+    pub fn offer(&mut self, event: crate::contract::RiskEvent) -> Vec<crate::contract::Alert> {
         let key = (event.site.clone(), event.camera_id.clone());
-        let situation = cameras.entry(key.clone()).or_insert_with(|| {
+        let (config, life) = (&self.config, self.life);
+        let situation = self.cameras.entry(key.clone()).or_insert_with(|| {
             camera::CameraSituation::new(
                 &config.situations,
                 life,
@@ -196,10 +205,35 @@ pub fn evaluate(
             )
         });
         let _ = situation.offer(event);
-        out.extend(situation.ready().into_iter().flat_map(|a| a.alerts));
+        situation
+            .ready()
+            .into_iter()
+            .flat_map(|a| a.alerts)
+            .collect()
     }
-    for situation in cameras.values_mut() {
-        out.extend(situation.flush().into_iter().flat_map(|a| a.alerts));
+
+    /// The end of the input: every camera's waiting events applied and its open alerts
+    /// ended as the stage would end them.
+    pub fn finish(mut self) -> Vec<crate::contract::Alert> {
+        self.cameras
+            .values_mut()
+            .flat_map(|s| s.flush())
+            .flat_map(|a| a.alerts)
+            .collect()
     }
+}
+
+/// Runs events through the stage without NATS, everything flushed at the end: the alerts a
+/// live stage would publish for these events.
+pub fn evaluate(
+    config: &Config,
+    events: impl IntoIterator<Item = crate::contract::RiskEvent>,
+) -> Vec<crate::contract::Alert> {
+    let mut evaluator = Evaluator::new(config);
+    let mut out: Vec<_> = events
+        .into_iter()
+        .flat_map(|e| evaluator.offer(e))
+        .collect();
+    out.extend(evaluator.finish());
     out
 }

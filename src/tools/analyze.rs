@@ -43,7 +43,7 @@ pub async fn analyze(
             + "-"
             + &Utc::now().timestamp_millis().to_string(),
         captured_at: Utc::now(),
-        image: bytes,
+        image: bytes.into(),
         site,
         camera_id: camera,
         pose: None,

@@ -139,7 +139,7 @@ async fn detect(
     let frame = crate::contract::Frame {
         frame_id: "bev".into(),
         captured_at: chrono::Utc::now(),
-        image: bytes.to_vec(),
+        image: bytes::Bytes::copy_from_slice(bytes),
         site: Some(site.into()),
         camera_id: Some(camera.into()),
         pose,

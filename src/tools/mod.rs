@@ -8,10 +8,12 @@
 //! - [`status`]: `vigil ping` and `vigil stats` through the NATS service API.
 //! - [`calibrate`]: a static camera's homography from surveyed points (RANSAC).
 //! - [`bev`]: a frame seen from above, with zones, detections and a metre grid.
+//! - [`archive`]: `vigil query`, `vigil replay` and `vigil reevaluate` over the archive.
 
 use std::path::PathBuf;
 
 pub mod analyze;
+pub mod archive;
 pub mod bev;
 pub mod calibrate;
 pub mod play;

@@ -225,7 +225,7 @@ fn publish_frames<'a>(
         let frame = Frame {
             frame_id: frame_id.clone(),
             captured_at: Utc::now(),
-            image,
+            image: image.into(),
             site: Some(options.site.clone()),
             camera_id: Some(options.camera.clone()),
             pose: None,

@@ -16,6 +16,7 @@ use vigil::config::Config;
 use vigil::contract::{Encoding, Frame};
 
 pub mod rig;
+pub mod sequence;
 pub mod servers;
 
 pub use servers::Nats as NatsServer;
@@ -139,7 +140,7 @@ pub fn frame(frame_id: &str, image: Vec<u8>) -> Frame {
     Frame {
         frame_id: frame_id.into(),
         captured_at: Utc::now(),
-        image,
+        image: image.into(),
         site: None,
         camera_id: None,
         pose: None,

@@ -69,7 +69,7 @@ pub async fn publish_frame(
     let frame = Frame {
         frame_id: frame_id.to_string(),
         captured_at: Utc::now(),
-        image: image.to_vec(),
+        image: bytes::Bytes::copy_from_slice(image),
         site: None,
         camera_id: None,
         pose: None,
