@@ -174,6 +174,10 @@ enum Command {
         /// Also publish the candidate's alert messages on <replay_prefix>.alerts….
         #[arg(long)]
         publish: bool,
+        /// Run the candidate's model again on the events' stored frames (snapshots); events
+        /// without one are judged as archived.
+        #[arg(long)]
+        model: bool,
     },
     /// Write an event's snapshot (the frame as the camera sent it, or annotated) to a file;
     /// an alert id gives the snapshot of the event that started it.
@@ -376,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
             with,
             json,
             publish,
+            model,
         } => {
             archive::reevaluate(
                 &config,
@@ -383,6 +388,7 @@ async fn main() -> anyhow::Result<()> {
                 &filter.filter(),
                 json,
                 publish,
+                model,
                 &archive::ctrl_c(),
             )
             .await?;

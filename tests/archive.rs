@@ -651,8 +651,11 @@ async fn reevaluation_with_a_lower_density_threshold_reports_the_alerts_that_app
     let comparison = reevaluate::reevaluate(
         &c,
         &query,
-        &base,
-        &candidate,
+        reevaluate::Sides {
+            old: &base,
+            new: &candidate,
+            redetector: None,
+        },
         &CancellationToken::new(),
         |_| {},
         |_| {},
@@ -899,4 +902,32 @@ async fn a_snapshot_round_trips_byte_exact_and_its_annotation_renders_hangul() {
     assert!(std::fs::read(&source_out).unwrap() == image);
     shutdown.cancel();
     handle.await.unwrap();
+
+    // `reevaluate --model` runs the model again on the stored frame: the same model and
+    // configuration see the same objects.
+    let redetector = reevaluate::Redetector {
+        pipeline: vigil::pipeline::Pipeline::new(
+            &config,
+            vigil::detect::Detector::load(&config.detector).unwrap(),
+        )
+        .unwrap(),
+        store,
+    };
+    let query = Filter::default().query(Kind::Events).unwrap();
+    let comparison = reevaluate::reevaluate(
+        &events,
+        &query,
+        reevaluate::Sides {
+            old: &config,
+            new: &config,
+            redetector: Some(&redetector),
+        },
+        &CancellationToken::new(),
+        |_| {},
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((comparison.redetected, comparison.without_frame), (1, 0));
+    assert!(comparison.differences.is_empty());
 }

@@ -130,6 +130,58 @@ pub struct Comparison {
     pub elapsed_s: f64,
     /// Stopped early (Ctrl-C): the comparison covers the events read so far.
     pub interrupted: bool,
+    /// With `--model`: events detected again from their stored frame, and events that had
+    /// none (the candidate judges those as archived).
+    pub redetected: u64,
+    pub without_frame: u64,
+}
+
+/// `--model`: the candidate's model run again on the stored source frames.
+pub struct Redetector {
+    pub pipeline: crate::pipeline::Pipeline,
+    pub store: crate::snapshots::store::Store,
+}
+
+impl Redetector {
+    /// The event as the candidate's model and scene see its frame; None when the archive
+    /// kept no frame for it (or the frame cannot be analysed again).
+    async fn redetect(
+        &self,
+        event: &crate::contract::RiskEvent,
+    ) -> Option<crate::contract::RiskEvent> {
+        let id = event.snapshot.as_ref()?;
+        let image = self
+            .store
+            .get(id, crate::snapshots::store::Kind::Source)
+            .await
+            .ok()??;
+        let frame = crate::contract::Frame {
+            frame_id: event.frame_id.clone(),
+            captured_at: event.captured_at,
+            image: image.into(),
+            site: Some(event.site.clone()),
+            camera_id: Some(event.camera_id.clone()),
+            pose: event.pose,
+            meta: event.meta.clone(),
+        };
+        let origin = crate::pipeline::Origin {
+            site: &event.site,
+            camera: &event.camera_id,
+            queued: Default::default(),
+            patience: None,
+        };
+        let mut again = self.pipeline.process(frame, origin).await.ok()?;
+        again.snapshot = event.snapshot.clone();
+        Some(again)
+    }
+}
+
+/// The two configurations compared, and with `--model` how the candidate sees frames again.
+#[derive(Clone, Copy)]
+pub struct Sides<'a> {
+    pub old: &'a Config,
+    pub new: &'a Config,
+    pub redetector: Option<&'a Redetector>,
 }
 
 /// Runs the events `query` selects through both configurations. `on_alert` receives every
@@ -138,8 +190,7 @@ pub struct Comparison {
 pub async fn reevaluate(
     collection: &Collection<Document>,
     query: &Query,
-    old: &Config,
-    new: &Config,
+    sides: Sides<'_>,
     stop: &CancellationToken,
     mut on_alert: impl FnMut(&Alert),
     mut progress: impl FnMut(u64),
@@ -147,6 +198,11 @@ pub async fn reevaluate(
     debug_assert_eq!(query.kind, Kind::Events);
     let started = std::time::Instant::now();
     let mut cursor = query.find(collection, Order::OldestFirst, None).await?;
+    let Sides {
+        old,
+        new,
+        redetector,
+    } = sides;
     let (mut before, mut after) = (Evaluator::new(old), Evaluator::new(new));
     let (mut old_alerts, mut new_alerts) = (BTreeMap::new(), BTreeMap::new());
     let mut comparison = Comparison::default();
@@ -167,6 +223,19 @@ pub async fn reevaluate(
         };
         comparison.events += 1;
         keep(before.offer(event.clone()), &mut old_alerts);
+        let event = match redetector {
+            Some(r) => match r.redetect(&event).await {
+                Some(again) => {
+                    comparison.redetected += 1;
+                    again
+                }
+                None => {
+                    comparison.without_frame += 1;
+                    event
+                }
+            },
+            None => event,
+        };
         let released = after.offer(event);
         released.iter().for_each(&mut on_alert);
         keep(released, &mut new_alerts);

@@ -292,6 +292,7 @@ pub async fn reevaluate(
     filter: &Filter,
     json: bool,
     publish: bool,
+    model: bool,
     stop: &CancellationToken,
 ) -> Result<Comparison, ArchiveToolError> {
     let candidate =
@@ -310,14 +311,31 @@ pub async fn reevaluate(
         ),
         false => None,
     };
+    let redetector = match model {
+        true => Some(reevaluate::Redetector {
+            pipeline: crate::pipeline::Pipeline::new(
+                &candidate,
+                crate::detect::Detector::load(&candidate.detector)
+                    .map_err(|e| ToolError::Detect(Box::new(e)))?,
+            )
+            .map_err(|e| ToolError::Config(Box::new(e)))?,
+            store: crate::snapshots::store::Store::open(config)
+                .await
+                .map_err(SnapshotToolError::Store)?,
+        }),
+        false => None,
+    };
     let run_id = format!("reevaluate-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
     let mut outgoing: Vec<Alert> = Vec::new();
     let bar = bar(total, "events");
     let comparison = reevaluate::reevaluate(
         &collection,
         &query,
-        config,
-        &candidate,
+        reevaluate::Sides {
+            old: config,
+            new: &candidate,
+            redetector: redetector.as_ref(),
+        },
         stop,
         |alert| {
             if client.is_some() {
@@ -373,6 +391,15 @@ pub fn comparison_report(c: &Comparison, candidate: &std::path::Path) -> String 
         c.new_alerts,
         candidate.display()
     );
+    if c.redetected + c.without_frame > 0 {
+        let _ = writeln!(
+            out,
+            "--model: {} events detected again from their stored frame ({:.0} ms each on average, the whole run included); {} without a stored frame judged as archived",
+            c.redetected,
+            1000.0 * c.elapsed_s / (c.redetected.max(1)) as f64,
+            c.without_frame
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<14} {:<9} {:>5} {:>5} {:>9} {:>12} {:>8}",
