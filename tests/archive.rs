@@ -931,3 +931,34 @@ async fn a_snapshot_round_trips_byte_exact_and_its_annotation_renders_hangul() {
     assert_eq!((comparison.redetected, comparison.without_frame), (1, 0));
     assert!(comparison.differences.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_store_keeps_snapshots_by_day_and_drops_old_days() {
+    let nats = common::NatsServer::start();
+    let mut config = test_config("snapshot_dir", &nats);
+    let dir = tempfile::tempdir().unwrap();
+    config.archive.snapshots.store = vigil::snapshots::StoreKind::Directory;
+    config.archive.snapshots.directory = dir.path().to_path_buf();
+    let store = vigil::snapshots::store::Store::open(&config).await.unwrap();
+    let kind = vigil::snapshots::store::Kind::Source;
+    let old = RiskEvent::bare("s.c.old", Utc::now() - ChronoDuration::days(40));
+    let new = RiskEvent::bare("s.c.new", Utc::now());
+    for e in [&old, &new] {
+        store.put(e, kind, b"frame bytes").await.unwrap();
+        // A second write of the same snapshot (a redelivered frame) changes nothing.
+        store.put(e, kind, b"other bytes").await.unwrap();
+    }
+    assert_eq!(
+        store.get("s.c.old", kind).await.unwrap().as_deref(),
+        Some(&b"frame bytes"[..])
+    );
+    let mut hostile = RiskEvent::bare("../escape", Utc::now());
+    hostile.event_id = "../escape".into();
+    assert!(
+        store.put(&hostile, kind, b"x").await.is_err(),
+        "an id never names a path outside the store"
+    );
+    assert_eq!(store.expire(30).await.unwrap(), 1);
+    assert_eq!(store.get("s.c.old", kind).await.unwrap(), None);
+    assert!(store.get("s.c.new", kind).await.unwrap().is_some());
+}
