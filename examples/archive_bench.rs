@@ -49,6 +49,23 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
 
+    // 0. Drawing the annotated JPEG alone (decode, boxes, zones, banner, encode).
+    let face =
+        vigil::snapshots::annotate::Typeface::load(config.archive.snapshots.font.as_deref())?;
+    let cameras = vigil::scene::Cameras::from_config(&config)?;
+    let mut ms = Vec::new();
+    for (e, frame) in base.iter().zip(&frames).take(50) {
+        let t = Instant::now();
+        vigil::snapshots::annotated_jpeg(frame, e, &cameras, &face, config.risk.language, 85)?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "annotated JPEG: median {:.1} ms over {} frames",
+        ms[ms.len() / 2],
+        ms.len()
+    );
+
     let client = vigil::streams::connect(&config.nats).await?;
     let js = vigil::publish::context(client.clone());
     vigil::streams::ensure_streams(&js, &config, client.server_info().max_payload).await?;
@@ -88,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let counter = tokio::spawn(async move {
         use futures::StreamExt;
         let mut got = 0u64;
-        while tokio::time::timeout(Duration::from_secs(5), sub.next())
+        while tokio::time::timeout(Duration::from_secs(30), sub.next())
             .await
             .ok()
             .flatten()
