@@ -797,6 +797,8 @@ async fn a_snapshot_round_trips_byte_exact_and_its_annotation_renders_hangul() {
     let mut config = test_config("snapshot", &nats);
     config.risk.language = vigil::risk::Language::Ko;
     config.archive.snapshots.min_level = Level::None;
+    // Drawn and stored at once here; below, drawn on demand.
+    config.archive.snapshots.annotated = true;
     config.situations.enabled = false;
     let (shutdown, handle) = common::serve(&config).await;
     let client = nats.client().await;
@@ -891,6 +893,37 @@ async fn a_snapshot_round_trips_byte_exact_and_its_annotation_renders_hangul() {
         face.covers(&event.description),
         "every character of {:?} has a glyph",
         event.description
+    );
+
+    assert!(String::from_utf8_lossy(&printed.stderr).contains("(stored;"));
+
+    // Without a stored annotation (annotated = false, the default) the command draws the same
+    // image from the stored frame and the archived event.
+    let db = vigil::archive::database(&config.archive).await.unwrap();
+    db.gridfs_bucket(
+        mongodb::options::GridFsBucketOptions::builder()
+            .bucket_name("snapshots".to_string())
+            .build(),
+    )
+    .delete(mongodb::bson::Bson::String(format!("{id}/annotated")))
+    .await
+    .unwrap();
+    let drawn = dir.path().join("drawn.jpg");
+    let printed = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("--config")
+        .arg(&path)
+        .args(["snapshot", &id, "--annotated", "-o"])
+        .arg(&drawn)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&printed.stderr);
+    assert!(
+        printed.status.success() && said.contains("drawn now"),
+        "{said}"
+    );
+    assert!(
+        std::fs::read(&drawn).unwrap() == std::fs::read(&out).unwrap(),
+        "drawn on demand = drawn at once"
     );
 
     // The same command without --annotated gives the source bytes.

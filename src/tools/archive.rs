@@ -544,17 +544,25 @@ pub async fn snapshot(
         };
         event_id = chosen.ok_or_else(|| SnapshotToolError::AlertWithout(id.to_string()))?;
     }
-    let bytes = store
+    let mut how = "stored";
+    let bytes = match store
         .get(&event_id, kind)
         .await
         .map_err(SnapshotToolError::Store)?
-        .ok_or_else(|| SnapshotToolError::NotFound(format!("{event_id} ({})", kind.as_str())))?;
+    {
+        Some(bytes) => bytes,
+        None if annotated => {
+            how = "drawn now from the stored frame and the archived event";
+            render_annotated(config, &store, &event_id).await?
+        }
+        None => return Err(SnapshotToolError::NotFound(event_id).into()),
+    };
     std::fs::write(out, &bytes).map_err(|source| SnapshotToolError::Write {
         path: out.to_path_buf(),
         source,
     })?;
     Ok(format!(
-        "{} of {event_id} ({} bytes, {}) written to {}",
+        "{} of {event_id} ({how}; {} bytes, {}) written to {}",
         kind.as_str(),
         bytes.len(),
         crate::snapshots::store::content_type(&bytes),
@@ -562,8 +570,49 @@ pub async fn snapshot(
     ))
 }
 
+/// The annotated JPEG of a snapshot that was stored without one: the source frame and the
+/// archived event, drawn as the writer would have.
+async fn render_annotated(
+    config: &Config,
+    store: &crate::snapshots::store::Store,
+    event_id: &str,
+) -> Result<Vec<u8>, ArchiveToolError> {
+    let source = store
+        .get(event_id, crate::snapshots::store::Kind::Source)
+        .await
+        .map_err(SnapshotToolError::Store)?
+        .ok_or_else(|| SnapshotToolError::NotFound(event_id.to_string()))?;
+    let events = open(config, Kind::Events).await?;
+    let event = events
+        .find_one(mongodb::bson::doc! { "_id": event_id })
+        .await
+        .map_err(query::QueryError::from)?
+        .ok_or_else(|| SnapshotToolError::NotFound(format!("{event_id} in the events archive")))?;
+    let event =
+        crate::archive::from_document(event).map_err(|source| query::QueryError::Document {
+            kind: "event",
+            source,
+        })?;
+    let c = &config.archive.snapshots;
+    let face = crate::snapshots::annotate::Typeface::load(c.font.as_deref())
+        .map_err(|e| SnapshotToolError::Render(e.into()))?;
+    let cameras =
+        crate::scene::Cameras::from_config(config).map_err(|e| ToolError::Config(Box::new(e)))?;
+    crate::snapshots::annotated_jpeg(
+        &source,
+        &event,
+        &cameras,
+        &face,
+        config.risk.language,
+        c.jpeg_quality,
+    )
+    .map_err(|e| SnapshotToolError::Render(e).into())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotToolError {
+    #[error("cannot draw the annotated snapshot: {0}")]
+    Render(#[source] crate::snapshots::SnapshotError),
     #[error(transparent)]
     Store(crate::snapshots::store::StoreError),
     #[error("no snapshot {0} (events below archive.snapshots.min_level have none; retention may have removed it)")]
