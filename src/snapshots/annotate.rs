@@ -139,14 +139,20 @@ pub fn render(frame: &RgbImage, overlay: &Overlay, face: &Typeface) -> RgbImage 
     let scale = PxScale::from(line as f32);
     let small = PxScale::from((line as f32 * 0.8).max(13.0));
     draw_text_mut(&mut out, TEXT, 8, 4, scale, &face.font, &overlay.headline);
+    let (scale, description) = fit(
+        &face.font,
+        small,
+        &overlay.description,
+        w.saturating_sub(16),
+    );
     draw_text_mut(
         &mut out,
         TEXT,
         8,
         6 + line as i32,
-        small,
+        scale,
         &face.font,
-        &overlay.description,
+        &description,
     );
     let dy = banner as f32;
     for zone in &overlay.zones {
@@ -187,6 +193,29 @@ pub fn render(frame: &RgbImage, overlay: &Overlay, face: &Typeface) -> RgbImage 
         );
     }
     out
+}
+
+/// The description at a size that fits `width` pixels: smaller type down to 11 px, then cut
+/// with an ellipsis.
+fn fit(font: &FontVec, scale: PxScale, text: &str, width: u32) -> (PxScale, String) {
+    let wide = |s: PxScale, t: &str| text_size(s, font, t).0;
+    let full = wide(scale, text);
+    if full <= width {
+        return (scale, text.to_string());
+    }
+    let smaller = PxScale::from((scale.y * width as f32 / full as f32).max(11.0));
+    if wide(smaller, text) <= width {
+        return (smaller, text.to_string());
+    }
+    let mut chars: Vec<char> = text.chars().collect();
+    while !chars.is_empty() {
+        chars.pop();
+        let cut: String = chars.iter().collect::<String>() + "…";
+        if wide(smaller, &cut) <= width {
+            return (smaller, cut);
+        }
+    }
+    (smaller, String::new())
 }
 
 /// JPEG bytes of `image`.

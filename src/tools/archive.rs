@@ -77,14 +77,20 @@ pub async fn query(
         Kind::Events => {
             let events = query::collect(cursor, crate::archive::from_document, kind).await?;
             for event in &events {
-                match output {
-                    Output::Table => println!(
+                let lines = match output {
+                    Output::Table => vec![format!(
                         "{}  {}",
                         event.captured_at.format("%Y-%m-%d"),
                         event_line(event)
-                    ),
-                    Output::Json => println!("{}", serde_json::to_string(event)?),
-                    Output::Geojson => geojson_features(event).iter().for_each(|f| println!("{f}")),
+                    )],
+                    Output::Json => vec![serde_json::to_string(event)?],
+                    Output::Geojson => geojson_features(event)
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect(),
+                };
+                if !print(&lines) {
+                    return Ok(0);
                 }
             }
             printed = events.len() as u64;
@@ -92,16 +98,25 @@ pub async fn query(
         Kind::Alerts => {
             let alerts = query::collect(cursor, crate::archive::alert_from_document, kind).await?;
             if output == Output::Table && !alerts.is_empty() {
-                println!(
+                let header = format!(
                     "{:<24} {:<20} {:<13} {:<12} {:<8} {:<6} {:>8}  description",
                     "started", "camera", "rule", "zone", "peak", "state", "lasted"
                 );
+                if !print(&[header]) {
+                    return Ok(0);
+                }
             }
             for alert in &alerts {
-                match output {
-                    Output::Table => println!("{}", alert_row(alert)),
-                    Output::Json => println!("{}", serde_json::to_string(alert)?),
-                    Output::Geojson => alert_features(alert).iter().for_each(|f| println!("{f}")),
+                let lines = match output {
+                    Output::Table => vec![alert_row(alert)],
+                    Output::Json => vec![serde_json::to_string(alert)?],
+                    Output::Geojson => alert_features(alert)
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect(),
+                };
+                if !print(&lines) {
+                    return Ok(0);
                 }
             }
             printed = alerts.len() as u64;
@@ -115,6 +130,13 @@ pub async fn query(
         );
     }
     Ok(printed)
+}
+
+/// Prints lines to stdout; false when the reader has gone (`vigil query … | head`).
+fn print(lines: &[String]) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    lines.iter().all(|l| writeln!(out, "{l}").is_ok())
 }
 
 fn alert_row(alert: &Alert) -> String {
@@ -382,7 +404,7 @@ pub fn comparison_report(c: &Comparison, candidate: &std::path::Path) -> String 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} events re-evaluated in {:.1} s ({:.0} events/s){}; alerts: {} now, {} with {}",
+        "{} events re-evaluated in {:.1} s ({:.0} events/s){}; alerts: {} with the current configuration, {} with {}",
         c.events,
         c.elapsed_s,
         c.events as f64 / c.elapsed_s.max(1e-9),
@@ -402,13 +424,13 @@ pub fn comparison_report(c: &Comparison, candidate: &std::path::Path) -> String 
     }
     let _ = writeln!(
         out,
-        "\n{:<14} {:<9} {:>5} {:>5} {:>9} {:>12} {:>8}",
-        "rule", "level", "now", "then", "appeared", "disappeared", "changed"
+        "\n{:<14} {:<9} {:>7} {:>9} {:>9} {:>12} {:>8}",
+        "rule", "level", "current", "candidate", "appeared", "disappeared", "changed"
     );
     for r in &c.by_rule_level {
         let _ = writeln!(
             out,
-            "{:<14} {:<9} {:>5} {:>5} {:>9} {:>12} {:>8}",
+            "{:<14} {:<9} {:>7} {:>9} {:>9} {:>12} {:>8}",
             r.rule,
             r.level.as_str(),
             r.old,
