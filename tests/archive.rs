@@ -418,11 +418,11 @@ async fn replay_keeps_order_ids_and_pace_and_marks_each_message() {
     let nats = common::NatsServer::start();
     let config = test_config("replay_pace", &nats);
     let c = events_collection(&config).await;
-    // 40 events over 8 s of capture time with uneven gaps, and others outside the filter.
+    // 40 events over 30 s of capture time with uneven gaps, and others outside the filter.
     let mut events = Vec::new();
     let mut at = t0();
     for i in 0..40 {
-        at += ChronoDuration::milliseconds([50, 400, 120, 250][i % 4]);
+        at += ChronoDuration::milliseconds([200, 1500, 450, 850][i % 4]);
         let mut e = RiskEvent::bare(&format!("r.x.f{i:03}"), at);
         e.site = "r".into();
         e.camera_id = "x".into();

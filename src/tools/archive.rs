@@ -89,7 +89,7 @@ pub async fn query(
                         .map(|f| f.to_string())
                         .collect(),
                 };
-                if !print(&lines) {
+                if !super::print_lines(&lines) {
                     return Ok(0);
                 }
             }
@@ -102,7 +102,7 @@ pub async fn query(
                     "{:<24} {:<20} {:<13} {:<12} {:<8} {:<6} {:>8}  description",
                     "started", "camera", "rule", "zone", "peak", "state", "lasted"
                 );
-                if !print(&[header]) {
+                if !super::print_lines(&[header]) {
                     return Ok(0);
                 }
             }
@@ -115,7 +115,7 @@ pub async fn query(
                         .map(|f| f.to_string())
                         .collect(),
                 };
-                if !print(&lines) {
+                if !super::print_lines(&lines) {
                     return Ok(0);
                 }
             }
@@ -130,13 +130,6 @@ pub async fn query(
         );
     }
     Ok(printed)
-}
-
-/// Prints lines to stdout; false when the reader has gone (`vigil query … | head`).
-fn print(lines: &[String]) -> bool {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    lines.iter().all(|l| writeln!(out, "{l}").is_ok())
 }
 
 fn alert_row(alert: &Alert) -> String {

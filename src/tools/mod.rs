@@ -60,6 +60,14 @@ pub enum ToolError {
     Analysis(Box<crate::pipeline::AnalysisError>),
 }
 
+/// Prints lines to stdout; false once the reader has gone (`vigil events | head`), which ends
+/// the command quietly instead of panicking on a broken pipe.
+pub(crate) fn print_lines(lines: &[String]) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    lines.iter().all(|l| writeln!(out, "{l}").is_ok()) && out.flush().is_ok()
+}
+
 /// A NATS error of any kind, its source kept.
 pub(crate) fn nats_err(e: impl Into<async_nats::Error>) -> ToolError {
     ToolError::Nats(e.into())

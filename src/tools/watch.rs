@@ -73,14 +73,19 @@ pub async fn watch(
     tokio::pin!(events);
     let mut seen = 0;
     while let Some(event) = events.next().await {
-        match (event, format) {
-            (Ok(event), EventFormat::Lines) => println!("{}", event_line(&event)),
-            (Ok(event), EventFormat::GeoJson) => {
-                for feature in geojson_features(&event) {
-                    println!("{feature}");
-                }
+        let lines = match (event, format) {
+            (Ok(event), EventFormat::Lines) => vec![event_line(&event)],
+            (Ok(event), EventFormat::GeoJson) => geojson_features(&event)
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            (Err(e), _) => {
+                eprintln!("not a risk event: {e}");
+                Vec::new()
             }
-            (Err(e), _) => eprintln!("not a risk event: {e}"),
+        };
+        if !super::print_lines(&lines) {
+            break;
         }
         seen += 1;
         if count.is_some_and(|n| seen >= n) {
@@ -128,7 +133,11 @@ pub async fn watch_alerts(config: &Config, subject: &str) -> Result<(), ToolErro
     tokio::pin!(alerts);
     while let Some(alert) = alerts.next().await {
         match alert {
-            Ok(alert) => println!("{}", alert_line(&alert)),
+            Ok(alert) => {
+                if !super::print_lines(&[alert_line(&alert)]) {
+                    break;
+                }
+            }
             Err(e) => eprintln!("not an alert: {e}"),
         }
     }
