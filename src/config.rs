@@ -53,6 +53,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub scene: crate::scene::SceneConfig,
     pub situations: crate::situations::SituationsConfig,
+    pub motion: crate::motion::MotionConfig,
     pub cameras: Vec<CameraConfig>,
 }
 
@@ -359,6 +360,10 @@ pub struct CameraConfig {
         skip_serializing_if = "crate::situations::CameraRulesConfig::is_empty"
     )]
     pub rules: crate::situations::CameraRulesConfig,
+    /// `false`: this camera's frames always run the model (see `[motion]`); default: gated
+    /// when `[motion] enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -544,6 +549,9 @@ impl Config {
         self.scene
             .validate()
             .map_err(|(key, msg)| ConfigError::invalid(format!("scene.{key}"), msg))?;
+        self.motion
+            .validate()
+            .map_err(|(key, msg)| ConfigError::invalid(format!("motion.{key}"), msg))?;
         self.validate_cameras()
     }
 

@@ -116,6 +116,24 @@ pub struct RiskEvent {
     /// (`archive.snapshots.min_level`); written after the event, best effort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Motion gating (`[motion]`), for frames of gated cameras: how much the view changed
+    /// since the camera's last analysed frame, and whether the model was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion: Option<MotionReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MotionReport {
+    /// Share (0–1) of the frame's 160×120 grey thumbnail that changed against the last
+    /// analysed frame; absent when there was none to compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<f64>,
+    /// The model did not run: the objects are those of `detections_of`, placed and scored
+    /// again for this frame.
+    pub model_skipped: bool,
+    /// The event whose detections were reused (when skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detections_of: Option<String>,
 }
 
 impl RiskEvent {
@@ -151,6 +169,7 @@ impl RiskEvent {
             meta: Default::default(),
             pose: None,
             snapshot: None,
+            motion: None,
         }
     }
 }
@@ -367,6 +386,10 @@ pub struct AlertSnapshots {
 impl AlertSnapshots {
     pub fn is_empty(&self) -> bool {
         self.new.is_none() && self.peak.is_none()
+    }
+
+    pub fn refers_to(&self, snapshot: &str) -> bool {
+        self.new.as_deref() == Some(snapshot) || self.peak.as_deref() == Some(snapshot)
     }
 }
 

@@ -91,6 +91,9 @@ impl Processor {
         let backlog = tokio::spawn(
             std::mem::replace(&mut self.backlog, Backlog::detached()).run(shutdown.clone()),
         );
+        if let Some(s) = self.snapshots.clone() {
+            tokio::spawn(s.serve_keeps(self.js.client(), shutdown.clone()));
+        }
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.max_in_flight));
         let tasks = TaskTracker::new();
@@ -211,8 +214,11 @@ impl Processor {
         };
         // A second handle on the same bytes, for the snapshot: no copy.
         let image = frame.image.clone();
-        match self.pipeline.process(frame, origin).await {
+        match self.pipeline.process_stream(frame, origin).await {
             Ok(mut event) => {
+                if let Some(s) = &self.snapshots {
+                    s.remember(&event.event_id, &image);
+                }
                 let snapshots = self.snapshots.as_ref().filter(|s| s.wants(&event));
                 if snapshots.is_some() {
                     event.snapshot = Some(event.event_id.clone());

@@ -27,6 +27,7 @@
 //! - [`scene`]: a camera's ground for one frame (calibration or pose); placing objects on it
 //!   with error radii, zones.
 //! - [`risk`]: the risk policy: score, level, priority, description.
+//! - [`motion`]: motion gating: a still view skips the model and reuses its last detections.
 //! - [`pipeline`]: `process(frame) -> event`, the only place that orders the stages.
 //! - [`streams`]: NATS connection, JetStream streams and durable consumers.
 //! - [`ingest`]: the frame processor: pull, process, publish, ack / DLQ / retry.
@@ -52,6 +53,7 @@ pub mod contract;
 pub mod detect;
 pub mod geo;
 pub mod ingest;
+pub mod motion;
 pub mod pipeline;
 pub mod publish;
 pub mod risk;

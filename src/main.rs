@@ -281,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
                 show_events: events,
             };
             let summary = play::play(&config, &options).await?;
-            println!("\n{summary}");
+            vigil::tools::print_lines(&[format!("\n{summary}")]);
             if summary.events < summary.sent {
                 anyhow::bail!(
                     "{} of {} frames produced no event",
@@ -409,9 +409,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Stats { wait } => {
-            for instance in status::stats(&config, Duration::from_secs(wait)).await? {
-                println!("{instance}");
-            }
+            let lines: Vec<String> = status::stats(&config, Duration::from_secs(wait))
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            vigil::tools::print_lines(&lines);
         }
     }
     Ok(())

@@ -86,6 +86,9 @@ pub struct Pipeline {
     policy: RiskPolicy,
     cameras: Cameras,
     require_known_cameras: bool,
+    /// Motion gating (None: `[motion] enabled = false`), and the cameras it leaves alone.
+    gate: Option<crate::motion::Gate>,
+    ungated: std::collections::HashSet<(String, String)>,
 }
 
 thread_local! {
@@ -113,6 +116,16 @@ impl Pipeline {
             policy: config.risk.clone(),
             cameras,
             require_known_cameras: config.pipeline.require_known_cameras,
+            gate: config
+                .motion
+                .enabled
+                .then(|| crate::motion::Gate::new(&config.motion)),
+            ungated: config
+                .cameras
+                .iter()
+                .filter(|c| c.motion == Some(false))
+                .map(|c| (c.site.clone(), c.id.clone()))
+                .collect(),
         })
     }
 
@@ -120,11 +133,29 @@ impl Pipeline {
         &self.detector
     }
 
-    /// Analyses one frame.
+    /// Analyses one frame: always with the model (analyze requests, tools, re-detection).
     pub async fn process(
+        &self,
+        frame: Frame,
+        origin: Origin<'_>,
+    ) -> Result<RiskEvent, AnalysisError> {
+        self.analyse(frame, origin, false).await
+    }
+
+    /// Analyses one frame of a camera's stream: motion gating applies (see `motion`).
+    pub async fn process_stream(
+        &self,
+        frame: Frame,
+        origin: Origin<'_>,
+    ) -> Result<RiskEvent, AnalysisError> {
+        self.analyse(frame, origin, true).await
+    }
+
+    async fn analyse(
         &self,
         mut frame: Frame,
         origin: Origin<'_>,
+        stream: bool,
     ) -> Result<RiskEvent, AnalysisError> {
         let started = Instant::now();
         contract::validate_frame(&frame, Utc::now(), self.max_clock_ahead)?;
@@ -145,8 +176,14 @@ impl Pipeline {
         let budget = self.reserve_pixels(&probe, origin.patience).await?;
         let tensor = self.detector.take_buffer();
         let limits = self.limits.clone();
-        let (size, letterbox, tensor) = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor);
+        let key = (origin.site.to_string(), origin.camera.to_string());
+        let gate = self
+            .gate
+            .as_ref()
+            .filter(|_| stream && frame.pose.is_none() && !self.ungated.contains(&key));
+        let gated = gate.is_some();
+        let (size, letterbox, tensor, thumbnail) = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor, gated);
             drop(budget);
             prepared
         })
@@ -156,7 +193,13 @@ impl Pipeline {
         })??;
         let decoded = started.elapsed();
 
-        let inference = self.detector.detect(tensor, origin.patience).await?;
+        let (inference, motion) = match (gate, thumbnail) {
+            (Some(gate), Some(thumbnail)) => {
+                self.gated_inference(gate, key, thumbnail, &frame, size, tensor, origin)
+                    .await?
+            }
+            _ => (self.detector.detect(tensor, origin.patience).await?, None),
+        };
         let post_started = Instant::now();
         let ground = self.cameras.frame(camera, frame.pose.as_ref(), size);
         let (objects, zones) = scene::place(
@@ -182,7 +225,7 @@ impl Pipeline {
             post: ms(post),
             total: ms(origin.queued + started.elapsed()),
         };
-        Ok(self.event(
+        let mut event = self.event(
             frame,
             origin,
             size,
@@ -191,7 +234,65 @@ impl Pipeline {
             assessment,
             timings,
             Utc::now(),
-        ))
+        );
+        event.motion = motion;
+        Ok(event)
+    }
+
+    /// The model's detections for a frame of a gated camera: those of the camera's last
+    /// analysed frame when the view has not changed since (the model skipped), else a run of
+    /// the model, remembered for the next frames.
+    #[allow(clippy::too_many_arguments)]
+    async fn gated_inference(
+        &self,
+        gate: &crate::motion::Gate,
+        key: (String, String),
+        thumbnail: crate::motion::Thumbnail,
+        frame: &Frame,
+        size: ImageSize,
+        tensor: Vec<f32>,
+        origin: Origin<'_>,
+    ) -> Result<(crate::detect::Inference, Option<contract::MotionReport>), AnalysisError> {
+        use crate::motion::Verdict;
+        match gate.judge(&key, &thumbnail, frame.captured_at, size) {
+            Verdict::Reuse {
+                change,
+                detections,
+                from,
+            } => {
+                self.detector.return_buffer(tensor);
+                let inference = crate::detect::Inference {
+                    detections: detections.to_vec(),
+                    waited: Duration::ZERO,
+                    infer: Duration::ZERO,
+                    post: Duration::ZERO,
+                };
+                let report = contract::MotionReport {
+                    change: Some(round4(change)),
+                    model_skipped: true,
+                    detections_of: Some(from),
+                };
+                Ok((inference, Some(report)))
+            }
+            Verdict::Run { change } => {
+                let inference = self.detector.detect(tensor, origin.patience).await?;
+                let event_id = contract::event_id(origin.site, origin.camera, &frame.frame_id);
+                gate.analysed(
+                    key,
+                    thumbnail,
+                    frame.captured_at,
+                    size,
+                    &inference.detections,
+                    &event_id,
+                );
+                let report = contract::MotionReport {
+                    change: change.map(round4),
+                    model_skipped: false,
+                    detections_of: None,
+                };
+                Ok((inference, Some(report)))
+            }
+        }
     }
 
     /// Waits until the image's pixels fit the decode budget (at most `patience`).
@@ -255,6 +356,7 @@ impl Pipeline {
             meta: frame.meta,
             pose: frame.pose,
             snapshot: None,
+            motion: None,
         }
     }
 }
@@ -267,7 +369,8 @@ fn prepare(
     input_w: u32,
     input_h: u32,
     mut tensor: Vec<f32>,
-) -> Result<(ImageSize, Letterbox, Vec<f32>), AnalysisError> {
+    thumbnail: bool,
+) -> Result<Prepared, AnalysisError> {
     let image = vision::decode_probed(bytes, probe, limits)?;
     let size = ImageSize {
         width: image.width(),
@@ -275,7 +378,20 @@ fn prepare(
     };
     let letterbox =
         LETTERBOXER.with(|lb| lb.borrow_mut().run(&image, input_w, input_h, &mut tensor))?;
-    Ok((size, letterbox, tensor))
+    let thumbnail = thumbnail.then(|| crate::motion::Thumbnail::of(&image));
+    Ok((size, letterbox, tensor, thumbnail))
+}
+
+/// A decoded frame's size, letterbox, model input and (for gated cameras) thumbnail.
+type Prepared = (
+    ImageSize,
+    Letterbox,
+    Vec<f32>,
+    Option<crate::motion::Thumbnail>,
+);
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
 }
 
 fn ms(d: Duration) -> f64 {

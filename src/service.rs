@@ -81,6 +81,8 @@ impl Counters {
             data["situation_events_duplicate"] = load(&s.events_duplicate).into();
             data["alerts_published"] = load(&s.alerts_published).into();
             data["situation_cameras"] = load(&s.cameras).into();
+            data["alert_frames_kept"] = load(&s.frames_kept).into();
+            data["alert_frames_not_kept"] = load(&s.frames_not_kept).into();
         }
         data
     }

@@ -102,6 +102,7 @@ async fn a_drone_frame_gives_lat_lon_within_the_stated_error() {
         }],
         lines: Vec::new(),
         rules: Default::default(),
+        motion: None,
         pixel_error_px: None,
         max_ground_error_m: Some(20.0),
         pose_error: None,

@@ -390,3 +390,194 @@ async fn an_alert_names_the_snapshot_of_its_start_and_of_its_peak() {
         }
     }
 }
+
+/// Alerts over the sequence's events with no event snapshots at all (every event below
+/// `min_level`), through one camera's situation as the live stage runs it.
+fn applied_without_event_snapshots(
+    keep: bool,
+) -> (Vec<RiskEvent>, Vec<vigil::situations::camera::Applied>) {
+    use vigil::situations::camera::CameraSituation;
+    let config = scene_config();
+    let events: Vec<RiskEvent> = sequence_events_blocking()
+        .into_iter()
+        .map(|mut e| {
+            e.snapshot = None;
+            e
+        })
+        .collect();
+    let events = scene(&events, &config);
+    let life = vigil::situations::alerts::Lifecycle {
+        end_after_s: config.situations.end_after_s,
+        update_min_interval_s: config.situations.update_min_interval_s,
+        language: config.risk.language,
+    };
+    let rules = vigil::situations::camera_rules(&config, "demo", "vtest");
+    let mut camera = CameraSituation::new(&config.situations, life, rules).keeping_frames(keep);
+    let mut applied = Vec::new();
+    for e in &events {
+        let _ = camera.offer(e.clone());
+        applied.extend(camera.ready());
+    }
+    applied.extend(camera.flush());
+    (events, applied)
+}
+
+fn sequence_events_blocking() -> Vec<RiskEvent> {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sequence_events())
+}
+
+#[test]
+fn every_alert_start_and_peak_names_a_frame_the_stage_asks_to_keep() {
+    let (events, applied) = applied_without_event_snapshots(true);
+    let at: BTreeMap<&str, chrono::DateTime<chrono::Utc>> = events
+        .iter()
+        .map(|e| (e.event_id.as_str(), e.captured_at))
+        .collect();
+    let kept: BTreeSet<String> = applied
+        .iter()
+        .filter_map(|a| a.keep.as_ref().map(|e| e.event_id.clone()))
+        .collect();
+    let alerts: Vec<&Alert> = applied.iter().flat_map(|a| &a.alerts).collect();
+    assert!(alerts.len() >= 3, "{}", alerts.len());
+    for alert in &alerts {
+        let new = alert
+            .snapshots
+            .new
+            .as_deref()
+            .expect("a snapshot of the start");
+        let peak = alert
+            .snapshots
+            .peak
+            .as_deref()
+            .expect("a snapshot of the peak");
+        for (id, reference) in [(new, None), (peak, Some(alert.peak.at))] {
+            assert!(kept.contains(id), "{}: {id} was asked for", alert.alert_id);
+            let shot = at[id];
+            let reference = reference.unwrap_or(shot);
+            assert!(
+                shot <= reference && reference - shot <= ChronoDuration::seconds(2),
+                "{}: snapshot {id} at {shot} for a moment at {reference}",
+                alert.alert_id
+            );
+        }
+    }
+    // At most one every 2 s of capture time: a moment takes the camera's latest frame when
+    // it is that recent.
+    let times: Vec<_> = kept
+        .iter()
+        .map(|id| at[id.as_str()])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(
+        times
+            .windows(2)
+            .all(|w| w[1] - w[0] > ChronoDuration::seconds(2)),
+        "{times:?}"
+    );
+
+    // Without frames to keep (snapshots off, or recent_mb = 0), nothing is asked for and the
+    // alerts name no snapshot.
+    let (_, applied) = applied_without_event_snapshots(false);
+    assert!(applied.iter().all(|a| a.keep.is_none()));
+    assert!(applied
+        .iter()
+        .flat_map(|a| &a.alerts)
+        .all(|a| a.snapshots.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_keeps_the_frame_of_an_alert_that_its_event_gave_no_snapshot() {
+    use vigil::snapshots::store::{Kind, Store};
+    let nats = common::NatsServer::start();
+    let live = common::config(&nats, &common::unique_db("keep"));
+    let mut config = scene_config();
+    config.nats = live.nats.clone();
+    config.archive = live.archive.clone();
+    // Event snapshots only for critical events, and one an hour per camera: the alerts' own
+    // moments must come from the processor's recent frames.
+    config.archive.snapshots.min_level = vigil::contract::Level::Critical;
+    config.archive.snapshots.min_interval_s = 3600.0;
+    // The whole sequence is published at once: let it all wait.
+    config.streams.frames_max_per_camera = 1000;
+    config.streams.frames_max_age_s = 600;
+    let (shutdown, running) = common::serve(&config).await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let frames = common::rig::sequence(KEEP_FRAMES);
+    let start = chrono::Utc::now() - ChronoDuration::seconds(60);
+    for (i, image) in frames.iter().enumerate() {
+        let mut frame = common::frame(&format!("f{i:04}"), image.clone());
+        frame.captured_at = start + ChronoDuration::milliseconds(100 * i as i64);
+        js.publish(
+            "vigil.frames.demo.vtest",
+            common::encode(&frame, vigil::contract::Encoding::Msgpack),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    common::eventually(
+        "every frame judged",
+        std::time::Duration::from_secs(180),
+        || {
+            let client = client.clone();
+            async move {
+                common::rig::stats(&client).await["situation_events_applied"].as_u64()
+                    >= Some(KEEP_FRAMES as u64 - 10)
+            }
+        },
+    )
+    .await;
+    let alerts: Vec<Alert> = stored_alerts(&js).await;
+    let started: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.state == AlertState::New)
+        .collect();
+    assert!(!started.is_empty(), "{}", summary(&alerts));
+    let store = Store::open(&config).await.unwrap();
+    let mut from_recent = 0;
+    for alert in &started {
+        let id = alert
+            .snapshots
+            .new
+            .clone()
+            .expect("a snapshot of the start");
+        common::eventually(
+            "the start's frame stored",
+            std::time::Duration::from_secs(30),
+            || {
+                let (store, id) = (&store, &id);
+                async move { store.get(id, Kind::Source).await.unwrap().is_some() }
+            },
+        )
+        .await;
+        let stored = store.get(&id, Kind::Source).await.unwrap().unwrap();
+        let frame: usize = id.trim_start_matches("demo.vtest.f").parse().unwrap();
+        assert!(stored == frames[frame], "{id}: the frame as published");
+        from_recent += usize::from(alert.event_ids.last() == Some(&id));
+    }
+    let stats = common::rig::stats(&client).await;
+    assert!(stats["alert_frames_kept"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["alert_frames_not_kept"].as_u64(), Some(0), "{stats}");
+    common::report(
+        "situations_keep_frames",
+        serde_json::json!({
+            "frames": KEEP_FRAMES,
+            "alerts": started.len(),
+            "starts_with_their_own_frame": from_recent,
+            "alert_frames_kept": stats["alert_frames_kept"],
+            "snapshots_stored": stats["snapshots_stored"],
+        }),
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// Frames of the sequence the keep test sends: all of them, so that alerts start more than
+/// 2 s after the one event snapshot.
+const KEEP_FRAMES: usize = 300;

@@ -301,6 +301,13 @@ impl Detector {
             .unwrap_or_default()
     }
 
+    /// Hands back an input buffer that was not sent to the model.
+    pub fn return_buffer(&self, tensor: Vec<f32>) {
+        if let Ok(mut pool) = self.buffers.lock() {
+            pool.push(tensor);
+        }
+    }
+
     /// Runs the model on a letterboxed tensor; waits for a free session for at most `patience`
     /// (None: as long as it takes). The tensor's buffer is kept for reuse.
     pub async fn detect(

@@ -195,6 +195,15 @@ impl AlertBook {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Whether an active alert's start or peak snapshot is `snapshot` (a peak can move
+    /// without a message going out).
+    pub fn refers_to(&self, snapshot: &str) -> bool {
+        self.entries.values().any(|e| match e {
+            Entry::Active(a) => a.alert.snapshots.refers_to(snapshot),
+            Entry::Pending { .. } => false,
+        })
+    }
 }
 
 fn push_event(events: &mut Vec<String>, id: &str) {

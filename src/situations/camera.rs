@@ -19,6 +19,9 @@ pub struct Applied {
     pub captured_at: DateTime<Utc>,
     pub alerts: Vec<Alert>,
     pub tracks: TrackUpdate,
+    /// The event, when an alert now references its frame as a snapshot that the event did not
+    /// have: the stage asks the processors to keep it (see `keeping_frames`).
+    pub keep: Option<Box<RiskEvent>>,
 }
 
 /// How one camera is judged: the rules (the global ones, with the camera's own in their
@@ -48,6 +51,9 @@ pub struct CameraSituation {
     anchor: Option<crate::geo::GeoOrigin>,
     /// The camera's latest snapshot id and its capture time.
     last_snapshot: Option<(String, DateTime<Utc>)>,
+    /// Whether an alert moment without a recent snapshot takes its own event's frame (which
+    /// the stage then asks the processors to keep).
+    keep_frames: bool,
 }
 
 impl CameraSituation {
@@ -61,7 +67,16 @@ impl CameraSituation {
             life,
             anchor: None,
             last_snapshot: None,
+            keep_frames: false,
         }
+    }
+
+    /// Gives every alert start and peak a snapshot: a moment without a recent one takes its
+    /// own event's frame, and `Applied::keep` says so (the live stage asks the processors,
+    /// which hold recent frames, to store it).
+    pub fn keeping_frames(mut self, keep: bool) -> Self {
+        self.keep_frames = keep;
+        self
     }
 
     /// Queues an event for its turn (see `order.rs`).
@@ -138,26 +153,39 @@ impl CameraSituation {
         if let Some(id) = &event.snapshot {
             self.last_snapshot = Some((id.clone(), event.captured_at));
         }
-        let snapshot = self
+        let recent = self
             .last_snapshot
             .as_ref()
             .filter(|(_, at)| {
                 (event.captured_at - *at) <= chrono::Duration::milliseconds(SNAPSHOT_RECENT_MS)
             })
             .map(|(id, _)| id.as_str());
+        let own = recent.is_none() && self.keep_frames;
         let moment = Moment {
             event: &event,
             tracks: &tracks,
             place: &self.rules.place,
-            snapshot,
+            snapshot: if own {
+                Some(event.event_id.as_str())
+            } else {
+                recent
+            },
         };
         let alerts = self.book.apply(&self.life, &moment, conditions);
+        let id = event.event_id.as_str();
+        let keep = (own
+            && (alerts.iter().any(|a| a.snapshots.refers_to(id)) || self.book.refers_to(id)))
+        .then(|| {
+            self.last_snapshot = Some((event.event_id.clone(), event.captured_at));
+            Box::new(event.clone())
+        });
         let tracks = self.track_update(&event, &tracks, t);
         Applied {
             event_id: event.event_id,
             captured_at: event.captured_at,
             alerts,
             tracks,
+            keep,
         }
     }
 

@@ -171,6 +171,13 @@ impl CameraRulesConfig {
     }
 }
 
+/// Whether alert moments without a recent snapshot take their own event's frame (processors
+/// hold recent frames and keep the one the stage asks for): snapshots on, `recent_mb` > 0.
+pub fn keeps_frames(config: &Config) -> bool {
+    let snapshots = &config.archive.snapshots;
+    snapshots.enabled && snapshots.recent_mb > 0
+}
+
 /// The stage without NATS: events in (per camera in capture order, reordered within the
 /// window), the alert messages a live stage would publish out. Replay, re-evaluation with
 /// another configuration, and tests drive it.
@@ -203,6 +210,7 @@ impl Evaluator {
                 life,
                 camera_rules(config, &key.0, &key.1),
             )
+            .keeping_frames(keeps_frames(config))
         });
         let _ = situation.offer(event);
         situation

@@ -57,7 +57,16 @@ pub struct StageStats {
     pub events_duplicate: AtomicU64,
     pub alerts_published: AtomicU64,
     pub cameras: AtomicU64,
+    /// Alert moments whose frame a processor kept on request (an event below the snapshot
+    /// level that started an alert or reached its peak), and those no processor held any more
+    /// (or whose writer queue was full): their alert references a snapshot that is absent.
+    pub frames_kept: AtomicU64,
+    pub frames_not_kept: AtomicU64,
 }
+
+/// How long the stage waits for a processor to confirm it kept a frame (in a task of its own:
+/// alerts never wait for it).
+const KEEP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What is kept per camera in VIGIL_SITUATIONS.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -250,6 +259,9 @@ impl SituationStage {
                     });
                 }
             }
+            if let Some(event) = a.keep {
+                tokio::spawn(ask_to_keep(self.js.client(), *event, self.stats.clone()));
+            }
             let changed = !a.alerts.is_empty();
             camera
                 .outbox
@@ -358,7 +370,8 @@ impl SituationStage {
     /// as usual.
     async fn rebuild(&self, site: &str, camera: &str, until_sequence: u64) -> Camera {
         let rules = super::camera_rules(&self.config, site, camera);
-        let mut situation = CameraSituation::new(&self.config.situations, self.life, rules);
+        let mut situation = CameraSituation::new(&self.config.situations, self.life, rules)
+            .keeping_frames(super::keeps_frames(&self.config));
         let key = format!("{site}.{camera}");
         let record: Option<Record> = match self.bucket.get(&key).await {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
@@ -450,6 +463,27 @@ impl SituationStage {
 }
 
 /// Publishes an alert with `Nats-Msg-Id = <alert_id>.<revision>`, waiting for the stream.
+/// Asks the processors to keep an event's frame as a snapshot (the one that analysed it
+/// holds it for a while); counts whether one did.
+async fn ask_to_keep(client: async_nats::Client, event: RiskEvent, stats: Arc<StageStats>) {
+    let Ok(body) = Encoding::Msgpack.encode(&event) else {
+        return;
+    };
+    let asked = client.request(crate::snapshots::KEEP_SUBJECT, Bytes::from(body));
+    let kept = match tokio::time::timeout(KEEP_PATIENCE, asked).await {
+        Ok(Ok(reply)) => {
+            serde_json::from_slice::<crate::snapshots::Kept>(&reply.payload).is_ok_and(|k| k.queued)
+        }
+        _ => false,
+    };
+    if kept {
+        stats.frames_kept.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.frames_not_kept.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(event_id = %event.event_id, "no processor kept the frame of an alert moment; its snapshot is absent");
+    }
+}
+
 pub async fn publish_alert(js: &Context, alert: &Alert) -> Result<(), PublishError> {
     let body = Bytes::from(Encoding::Msgpack.encode(alert)?);
     let message = jetstream::message::PublishMessage::build()

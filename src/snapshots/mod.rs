@@ -8,6 +8,10 @@
 //! `annotated = true`, stored beside them at once (measured here: that raised the demo's
 //! median latency from 0.2 s to 1.5–2 s on two cores; drawing takes ~24 ms a frame).
 //!
+//! Alerts need a snapshot of their start and peak even when those events are below
+//! `min_level`: each processor also holds its last `recent_mb` of frames ([`Recent`]) and
+//! answers the situation stage's keep requests on [`KEEP_SUBJECT`] for the ones it holds.
+//!
 //! - [`annotate`]: boxes, labels, zones and a banner with Hangul-capable text.
 //! - [`store`]: GridFS or a directory; idempotent writes; retention.
 
@@ -31,6 +35,11 @@ pub mod store;
 
 use annotate::{LabelledBox, Overlay, Typeface};
 use store::{Kind, Store};
+
+/// Where the situation stage asks processors to keep the frame of an event (the body: the
+/// event, in any encoding vigil reads; the reply: [`Kept`] as JSON, from the processor that
+/// holds the frame; none when no processor does).
+pub const KEEP_SUBJECT: &str = "vigil.snapshots.keep";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +67,10 @@ pub struct SnapshotConfig {
     /// A TrueType/OpenType font with Hangul for the annotated text (default: fonts-nanum's
     /// NanumGothic, then Noto CJK).
     pub font: Option<PathBuf>,
+    /// Megabytes of recent frames each processor holds, so that the situation stage can ask
+    /// for the frame of an alert's start or peak when its event had no snapshot (a keep
+    /// request on `vigil.snapshots.keep`). 0: alerts only reference events' own snapshots.
+    pub recent_mb: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -73,6 +86,7 @@ impl Default for SnapshotConfig {
             jpeg_quality: 85,
             queue: 64,
             font: None,
+            recent_mb: 32,
         }
     }
 }
@@ -87,6 +101,9 @@ impl SnapshotConfig {
         }
         if self.queue == 0 {
             return Err(("queue".into(), "must be at least 1".into()));
+        }
+        if self.recent_mb > 4096 {
+            return Err(("recent_mb".into(), "must be 0–4096".into()));
         }
         if !crate::contract::is_token(&self.bucket) {
             return Err(("bucket".into(), "must be [A-Za-z0-9_-]{1,64}".into()));
@@ -131,6 +148,71 @@ struct Job {
     image: Bytes,
 }
 
+/// The frames a processor analysed last, newest at the back, bounded in bytes: the frame of
+/// an event the stage asks for (an alert's start or peak) is still here when the stage is
+/// live; a frame evicted before the ask gets no snapshot.
+#[derive(Debug, Default)]
+pub struct Recent {
+    frames: std::collections::VecDeque<(String, Bytes)>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl Recent {
+    pub fn new(capacity_bytes: usize) -> Recent {
+        Recent {
+            capacity: capacity_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Remembers an event's frame, forgetting the oldest ones beyond the capacity.
+    pub fn remember(&mut self, event_id: &str, image: Bytes) {
+        if image.len() > self.capacity {
+            return;
+        }
+        self.bytes += image.len();
+        self.frames.push_back((event_id.to_string(), image));
+        while self.bytes > self.capacity {
+            match self.frames.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The frame of an event, if it is still held (newest first: a request is usually for a
+    /// frame seen a moment ago).
+    pub fn get(&self, event_id: &str) -> Option<Bytes> {
+        self.frames
+            .iter()
+            .rev()
+            .find(|(id, _)| id == event_id)
+            .map(|(_, image)| image.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The reply of a processor that held the frame a keep request asked for (others stay
+/// silent).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kept {
+    pub snapshot: String,
+    /// False when the writer's queue was full: the snapshot was dropped (and counted).
+    pub queued: bool,
+}
+
 /// Capture time of each camera's last snapshot, by (site, camera).
 type LastSnapshots = std::collections::HashMap<(String, String), DateTime<Utc>>;
 
@@ -141,10 +223,72 @@ pub struct Snapshots {
     min_level: Level,
     min_interval: chrono::Duration,
     last: Arc<std::sync::Mutex<LastSnapshots>>,
+    recent: Option<Arc<std::sync::Mutex<Recent>>>,
     stats: Arc<SnapshotStats>,
 }
 
 impl Snapshots {
+    /// Holds a processed frame for a while (see [`Recent`]), unless `recent_mb` is 0. Called
+    /// before the event is published, so a keep request for it always finds it.
+    pub fn remember(&self, event_id: &str, image: &Bytes) {
+        if let Some(Ok(mut recent)) = self.recent.as_ref().map(|r| r.lock()) {
+            recent.remember(event_id, image.clone());
+        }
+    }
+
+    /// Answers a keep request: queues the snapshot of `event` if this processor still holds
+    /// its frame; None when it does not (another processor may).
+    pub fn keep(&self, event: &RiskEvent) -> Option<Kept> {
+        let image = {
+            let recent = self.recent.as_ref()?.lock().ok()?;
+            recent.get(&event.event_id)?
+        };
+        let mut event = event.clone();
+        event.snapshot = Some(event.event_id.clone());
+        let queued = self.offer(&event, image);
+        Some(Kept {
+            snapshot: event.event_id,
+            queued,
+        })
+    }
+
+    /// Serves keep requests on [`KEEP_SUBJECT`] until `shutdown`: every processor hears each
+    /// request; the one that holds the frame queues its snapshot and replies.
+    pub async fn serve_keeps(self, client: async_nats::Client, shutdown: CancellationToken) {
+        if self.recent.is_none() {
+            return;
+        }
+        let mut requests = match client.subscribe(KEEP_SUBJECT).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve snapshot keep requests; alerts reference events' own snapshots only");
+                return;
+            }
+        };
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = futures::StreamExt::next(&mut requests) => match r { Some(r) => r, None => break },
+            };
+            let Some(reply) = request.reply else { continue };
+            let event: RiskEvent = match crate::contract::Encoding::of(request.headers.as_ref())
+                .decode(&request.payload)
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "keep request is not a risk event; ignored");
+                    continue;
+                }
+            };
+            let Some(kept) = self.keep(&event) else {
+                continue;
+            };
+            if let Ok(body) = serde_json::to_vec(&kept) {
+                let _ = client.publish(reply, body.into()).await;
+            }
+        }
+    }
+
     /// Whether this event gets a snapshot: its level is high enough and its camera had none
     /// in the last `min_interval_s` (the processor then sets `event.snapshot` before
     /// publishing).
@@ -219,6 +363,8 @@ pub async fn build(config: &Config) -> Result<Option<(Snapshots, Writer)>, Snaps
             min_level: c.min_level,
             min_interval: chrono::Duration::milliseconds((c.min_interval_s * 1000.0) as i64),
             last: Default::default(),
+            recent: (c.recent_mb > 0)
+                .then(|| Arc::new(std::sync::Mutex::new(Recent::new(c.recent_mb << 20)))),
             stats: stats.clone(),
         },
         Writer {
@@ -384,4 +530,35 @@ fn headline(event: &RiskEvent, cameras: &Cameras, language: crate::risk::Languag
         event.camera_id,
         event.captured_at.format("%Y-%m-%d %H:%M:%S%.3fZ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_frames_stay_within_their_bytes_and_the_newest_are_kept() {
+        let mut recent = Recent::new(1000);
+        for i in 0..10 {
+            recent.remember(&format!("e{i}"), Bytes::from(vec![i as u8; 300]));
+        }
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent.bytes(), 900);
+        assert!(recent.get("e6").is_none());
+        for i in 7..10 {
+            assert_eq!(recent.get(&format!("e{i}")).unwrap()[0], i as u8);
+        }
+        // A frame larger than the whole ring is not held, and evicts nothing.
+        recent.remember("huge", Bytes::from(vec![0; 1001]));
+        assert!(recent.get("huge").is_none());
+        assert_eq!(recent.len(), 3);
+    }
+
+    #[test]
+    fn a_recent_frame_is_the_same_bytes_not_a_copy() {
+        let mut recent = Recent::new(1 << 20);
+        let image = Bytes::from(vec![7u8; 4096]);
+        recent.remember("e", image.clone());
+        assert_eq!(recent.get("e").unwrap().as_ptr(), image.as_ptr());
+    }
 }

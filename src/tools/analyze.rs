@@ -139,15 +139,15 @@ pub async fn run(config: &Config, options: &AnalyzeOptions) -> Result<bool, Tool
     }
     Ok(match (reply, options.json) {
         (AnalyzeReply::Event(event), true) => {
-            println!("{}", pretty(&*event));
+            super::print_lines(&[pretty(&*event)]);
             true
         }
         (AnalyzeReply::Event(event), false) => {
-            print!("{}", super::report::event_report(&event));
+            super::print_text(&super::report::event_report(&event));
             true
         }
         (AnalyzeReply::Error(error), true) => {
-            println!("{}", pretty(&error));
+            super::print_lines(&[pretty(&error)]);
             false
         }
         (AnalyzeReply::Error(error), false) => {

@@ -36,6 +36,24 @@ pub enum ArchiveToolError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Snapshot(#[from] SnapshotToolError),
+    #[error("archive unreachable at {uri}: is MongoDB up, and archive.uri right?")]
+    Unreachable {
+        uri: String,
+        source: mongodb::error::Error,
+    },
+}
+
+/// Fails with a plain reason (the driver's own below it) when the archive's MongoDB does not
+/// answer: every archive command starts here.
+async fn reach(config: &Config) -> Result<(), ArchiveToolError> {
+    let db = crate::archive::database(&config.archive).await?;
+    db.run_command(mongodb::bson::doc! { "ping": 1 })
+        .await
+        .map_err(|source| ArchiveToolError::Unreachable {
+            uri: crate::config::mask_userinfo(&config.archive.uri),
+            source,
+        })?;
+    Ok(())
 }
 
 /// How `vigil query` prints.
@@ -53,6 +71,7 @@ async fn open(
     config: &Config,
     kind: Kind,
 ) -> Result<mongodb::Collection<mongodb::bson::Document>, ArchiveToolError> {
+    reach(config).await?;
     Ok(match kind {
         Kind::Events => crate::archive::collection(&config.archive).await?,
         Kind::Alerts => crate::archive::alerts_collection(&config.archive).await?,
@@ -163,24 +182,19 @@ pub fn alert_features(alert: &Alert) -> Vec<serde_json::Value> {
         .objects
         .iter()
         .filter_map(|o| {
-            let g = o.geo?;
-            Some(serde_json::json!({
-                "type": "Feature",
-                "geometry": { "type": "Point", "coordinates": [g.lon, g.lat] },
-                "properties": {
-                    "alert_id": alert.alert_id,
-                    "rule": alert.rule,
-                    "site": alert.site,
-                    "camera_id": alert.camera_id,
-                    "zone": alert.zone.as_ref().map(|z| &z.id),
-                    "level": alert.peak.level,
-                    "state": alert.state.as_str(),
-                    "track_id": o.track_id,
-                    "label": o.label,
-                    "error_m": g.error_m,
-                    "updated_at": alert.updated_at.to_rfc3339(),
-                },
-            }))
+            let properties = serde_json::json!({
+                "alert_id": alert.alert_id,
+                "rule": alert.rule,
+                "site": alert.site,
+                "camera_id": alert.camera_id,
+                "zone": alert.zone.as_ref().map(|z| &z.id),
+                "level": alert.peak.level,
+                "state": alert.state.as_str(),
+                "track_id": o.track_id,
+                "label": o.label,
+                "updated_at": alert.updated_at.to_rfc3339(),
+            });
+            Some(super::watch::point_feature(o.geo?, properties))
         })
         .collect()
 }
@@ -385,10 +399,11 @@ pub async fn reevaluate(
             config.archive.replay_prefix
         );
     }
-    match json {
-        true => println!("{}", serde_json::to_string_pretty(&comparison)?),
-        false => print!("{}", comparison_report(&comparison, candidate_path)),
-    }
+    let text = match json {
+        true => serde_json::to_string_pretty(&comparison)? + "\n",
+        false => comparison_report(&comparison, candidate_path),
+    };
+    super::print_text(&text);
     Ok(comparison)
 }
 
@@ -524,6 +539,9 @@ pub async fn snapshot(
     out: &std::path::Path,
 ) -> Result<String, ArchiveToolError> {
     use crate::snapshots::store::{Kind as FileKind, Store};
+    if config.archive.snapshots.store == crate::snapshots::StoreKind::Gridfs {
+        reach(config).await?;
+    }
     let store = Store::open(config)
         .await
         .map_err(SnapshotToolError::Store)?;
@@ -630,9 +648,9 @@ pub enum SnapshotToolError {
     Render(#[source] crate::snapshots::SnapshotError),
     #[error(transparent)]
     Store(crate::snapshots::store::StoreError),
-    #[error("no snapshot {0} (events below archive.snapshots.min_level have none; retention may have removed it)")]
+    #[error("no snapshot {0} (events below archive.snapshots.min_level have none unless an alert started or peaked on them; a frame no processor held any more when the alert asked is absent; retention may have removed it)")]
     NotFound(String),
-    #[error("alert {0} has no snapshot (neither its first event nor its peak reached archive.snapshots.min_level)")]
+    #[error("alert {0} has no snapshot (archive.snapshots was off, or recent_mb was 0 and neither its first event nor its peak reached min_level)")]
     AlertWithout(String),
     #[error("cannot write {path}: {source}")]
     Write {

@@ -62,10 +62,17 @@ pub enum ToolError {
 
 /// Prints lines to stdout; false once the reader has gone (`vigil events | head`), which ends
 /// the command quietly instead of panicking on a broken pipe.
-pub(crate) fn print_lines(lines: &[String]) -> bool {
+pub fn print_lines(lines: &[String]) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     lines.iter().all(|l| writeln!(out, "{l}").is_ok()) && out.flush().is_ok()
+}
+
+/// Prints text as it is (a report that ends its own lines); false once the reader has gone.
+pub fn print_text(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
 }
 
 /// A NATS error of any kind, its source kept.

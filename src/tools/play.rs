@@ -162,7 +162,7 @@ pub async fn play(config: &Config, options: &PlayOptions) -> Result<PlaySummary,
                 *summary.levels.entry(event.risk.level.to_string()).or_default() += 1;
                 ids.push(event.event_id.clone());
                 if options.show_events {
-                    println!("{}", event_line(&event));
+                    super::print_lines(&[event_line(&event)]);
                 }
             }
             Some(Ok(alert)) = alerts.next() => note_alert(&mut summary, &alert, options),
@@ -198,7 +198,7 @@ fn note_alert(summary: &mut PlaySummary, alert: &crate::contract::Alert, options
         AlertState::Update => {}
     }
     if !options.show_events {
-        println!("{}", super::report::alert_line(alert));
+        super::print_lines(&[super::report::alert_line(alert)]);
     }
 }
 

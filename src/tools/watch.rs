@@ -103,26 +103,34 @@ pub fn geojson_features(event: &RiskEvent) -> Vec<serde_json::Value> {
         .iter()
         .filter(|o| !o.low_score)
         .filter_map(|o| {
-            let g = o.geo?;
-            Some(serde_json::json!({
-                "type": "Feature",
-                "geometry": { "type": "Point", "coordinates": [g.lon, g.lat] },
-                "properties": {
-                    "event_id": event.event_id,
-                    "site": event.site,
-                    "camera_id": event.camera_id,
-                    "captured_at": event.captured_at.to_rfc3339(),
-                    "object_id": o.id,
-                    "label": o.label,
-                    "confidence": o.confidence,
-                    "error_m": g.error_m,
-                    "uncertain": o.uncertain,
-                    "zones": o.zones,
-                    "level": event.risk.level,
-                },
-            }))
+            let properties = serde_json::json!({
+                "event_id": event.event_id,
+                "site": event.site,
+                "camera_id": event.camera_id,
+                "captured_at": event.captured_at.to_rfc3339(),
+                "object_id": o.id,
+                "label": o.label,
+                "confidence": o.confidence,
+                "uncertain": o.uncertain,
+                "zones": o.zones,
+                "level": event.risk.level,
+            });
+            Some(point_feature(o.geo?, properties))
         })
         .collect()
+}
+
+/// A GeoJSON Point feature at a WGS84 position (with its `error_m` among the properties).
+pub fn point_feature(
+    geo: crate::contract::GeoPosition,
+    mut properties: serde_json::Value,
+) -> serde_json::Value {
+    properties["error_m"] = serde_json::json!(geo.error_m);
+    serde_json::json!({
+        "type": "Feature",
+        "geometry": { "type": "Point", "coordinates": [geo.lon, geo.lat] },
+        "properties": properties,
+    })
 }
 
 /// Prints the alert lifecycle on `subject` (default all) until interrupted.

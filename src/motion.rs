@@ -1,0 +1,324 @@
+//! Motion gating: a camera whose view has not changed since its last analysed frame does not
+//! need the model again. Each frame of a gated camera is reduced to a 160×120 grey thumbnail
+//! (a box average, which also averages away most sensor noise); the share of its pixels that
+//! moved by more than `pixel_delta` grey levels against the last *analysed* frame's thumbnail,
+//! after the mean shift between the two is taken out (slow lighting drift), is the change. Below
+//! `min_change` the model is skipped and the last detections are reused, and the event says so
+//! (`motion`). The model runs anyway every `refresh_s` of capture time, for a frame captured
+//! before the last analysed one, for a new image size, and for a camera this processor has not
+//! seen: the state is a cache, never needed for correctness.
+//!
+//! Frames with a pose (drones: the view moves with the aircraft) are never gated, nor cameras
+//! with `motion = false` in `[[cameras]]`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::ImageSize;
+use crate::detect::Detection;
+
+pub const THUMB_WIDTH: usize = 160;
+pub const THUMB_HEIGHT: usize = 120;
+/// Cameras whose last analysed frame a processor remembers at most (≈ 20 KB each); beyond, the
+/// one analysed longest ago is forgotten (its next frame runs the model).
+const MAX_CAMERAS: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MotionConfig {
+    /// Gate static cameras (those without `motion = false`; frames with a pose never are).
+    pub enabled: bool,
+    /// The share of the thumbnail (0–1) that must change for the model to run.
+    pub min_change: f64,
+    /// Grey levels (0–255) a thumbnail pixel must move by to count as changed.
+    pub pixel_delta: u8,
+    /// The model runs on a gated camera at least this often (seconds of capture time).
+    pub refresh_s: f64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        MotionConfig {
+            enabled: true,
+            min_change: 0.005,
+            pixel_delta: 12,
+            refresh_s: 2.0,
+        }
+    }
+}
+
+impl MotionConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(0.0..=1.0).contains(&self.min_change) {
+            return Err((
+                "min_change".into(),
+                "must be 0–1 (a share of pixels)".into(),
+            ));
+        }
+        if !(self.refresh_s.is_finite() && self.refresh_s > 0.0 && self.refresh_s <= 3600.0) {
+            return Err((
+                "refresh_s".into(),
+                "must be above 0 and at most 3600".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A frame reduced to a small grey image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thumbnail {
+    pixels: Vec<u8>,
+}
+
+impl Thumbnail {
+    /// The box average of the image's luma over a 160×120 grid (any image size and aspect).
+    pub fn of(image: &RgbImage) -> Thumbnail {
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let mut sums = vec![0u32; THUMB_WIDTH * THUMB_HEIGHT];
+        let mut counts = vec![0u32; THUMB_WIDTH * THUMB_HEIGHT];
+        if w == 0 || h == 0 {
+            return Thumbnail {
+                pixels: vec![0; THUMB_WIDTH * THUMB_HEIGHT],
+            };
+        }
+        let columns: Vec<usize> = (0..w).map(|x| x * THUMB_WIDTH / w).collect();
+        let raw = image.as_raw();
+        for y in 0..h {
+            let row = (y * THUMB_HEIGHT / h) * THUMB_WIDTH;
+            let line = &raw[y * w * 3..(y + 1) * w * 3];
+            for (rgb, column) in line.chunks_exact(3).zip(&columns) {
+                // BT.601 luma in fixed point.
+                let luma =
+                    (77 * u32::from(rgb[0]) + 150 * u32::from(rgb[1]) + 29 * u32::from(rgb[2]))
+                        >> 8;
+                sums[row + column] += luma;
+                counts[row + column] += 1;
+            }
+        }
+        let pixels = sums
+            .iter()
+            .zip(&counts)
+            .map(|(s, n)| if *n == 0 { 0 } else { (s / n) as u8 })
+            .collect();
+        Thumbnail { pixels }
+    }
+
+    /// The share of pixels (0–1) that differ from `other` by more than `delta` grey levels
+    /// once the mean difference (a global lighting change) is taken out.
+    pub fn change(&self, other: &Thumbnail, delta: u8) -> f64 {
+        let n = self.pixels.len().min(other.pixels.len());
+        if n == 0 {
+            return 1.0;
+        }
+        let diff = |i: usize| i32::from(self.pixels[i]) - i32::from(other.pixels[i]);
+        let mean = (0..n).map(|i| i64::from(diff(i))).sum::<i64>() as f64 / n as f64;
+        let shift = mean.round() as i32;
+        let changed = (0..n)
+            .filter(|i| (diff(*i) - shift).abs() > i32::from(delta))
+            .count();
+        changed as f64 / n as f64
+    }
+}
+
+/// What the gate says about a frame.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Run the model; `change` is the measure when there was a frame to compare with.
+    Run { change: Option<f64> },
+    /// Skip it: the view changed by `change` only; reuse these detections, from this event.
+    Reuse {
+        change: f64,
+        detections: Arc<Vec<Detection>>,
+        from: String,
+    },
+}
+
+struct Last {
+    thumbnail: Arc<Thumbnail>,
+    captured_at: DateTime<Utc>,
+    size: ImageSize,
+    detections: Arc<Vec<Detection>>,
+    event_id: String,
+}
+
+/// Each gated camera's last analysed frame, in one processor.
+pub struct Gate {
+    config: MotionConfig,
+    last: Mutex<HashMap<(String, String), Last>>,
+}
+
+impl Gate {
+    pub fn new(config: &MotionConfig) -> Gate {
+        Gate {
+            config: config.clone(),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Judges a frame of `key` against the camera's last analysed one.
+    pub fn judge(
+        &self,
+        key: &(String, String),
+        thumbnail: &Thumbnail,
+        captured_at: DateTime<Utc>,
+        size: ImageSize,
+    ) -> Verdict {
+        let Ok(last) = self.last.lock() else {
+            return Verdict::Run { change: None };
+        };
+        let Some(last) = last.get(key) else {
+            return Verdict::Run { change: None };
+        };
+        if last.size != size {
+            return Verdict::Run { change: None };
+        }
+        let change = thumbnail.change(&last.thumbnail, self.config.pixel_delta);
+        let age = (captured_at - last.captured_at).as_seconds_f64();
+        let fresh = age > 0.0 && age < self.config.refresh_s;
+        if fresh && change < self.config.min_change {
+            Verdict::Reuse {
+                change,
+                detections: last.detections.clone(),
+                from: last.event_id.clone(),
+            }
+        } else {
+            Verdict::Run {
+                change: Some(change),
+            }
+        }
+    }
+
+    /// Remembers an analysed frame (unless a later one of the camera is already remembered).
+    pub fn analysed(
+        &self,
+        key: (String, String),
+        thumbnail: Thumbnail,
+        captured_at: DateTime<Utc>,
+        size: ImageSize,
+        detections: &[Detection],
+        event_id: &str,
+    ) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if last.get(&key).is_some_and(|l| l.captured_at >= captured_at) {
+            return;
+        }
+        if last.len() >= MAX_CAMERAS && !last.contains_key(&key) {
+            if let Some(oldest) = last
+                .iter()
+                .min_by_key(|(_, l)| l.captured_at)
+                .map(|(k, _)| k.clone())
+            {
+                last.remove(&oldest);
+            }
+        }
+        last.insert(
+            key,
+            Last {
+                thumbnail: Arc::new(thumbnail),
+                captured_at,
+                size,
+                detections: Arc::new(detections.to_vec()),
+                event_id: event_id.to_string(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    fn scene(w: u32, h: u32, light: i32, seed: u32) -> RgbImage {
+        // A textured still scene, with per-pixel sensor noise (±6 levels) and a lighting offset.
+        RgbImage::from_fn(w, h, |x, y| {
+            let base = ((x / 16 + y / 16) % 2) as i32 * 80 + 60 + ((x * 7 + y * 3) % 40) as i32;
+            let noise =
+                ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed) % 13) as i32 - 6;
+            let v = (base + noise + light).clamp(0, 255) as u8;
+            Rgb([v, v, v])
+        })
+    }
+
+    fn size(w: u32, h: u32) -> ImageSize {
+        ImageSize {
+            width: w,
+            height: h,
+        }
+    }
+
+    #[test]
+    fn noise_and_a_lighting_drift_are_no_change_but_a_person_is() {
+        let a = Thumbnail::of(&scene(768, 576, 0, 1));
+        let b = Thumbnail::of(&scene(768, 576, 9, 2));
+        assert!(a.change(&b, 12) < 0.001, "{}", a.change(&b, 12));
+        // A 30×80 pixel figure (a person at the far side of a plaza) in a 768×576 view.
+        let mut with_person = scene(768, 576, 0, 3);
+        for y in 300..380 {
+            for x in 400..430 {
+                with_person.put_pixel(x, y, Rgb([20, 20, 30]));
+            }
+        }
+        let c = Thumbnail::of(&with_person);
+        assert!(a.change(&c, 12) > 0.005, "{}", a.change(&c, 12));
+    }
+
+    #[test]
+    fn the_gate_reuses_within_the_refresh_and_runs_after_it() {
+        let gate = Gate::new(&MotionConfig::default());
+        let key = ("s".to_string(), "c".to_string());
+        let t0: DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
+        let still = Thumbnail::of(&scene(320, 240, 0, 1));
+        let sz = size(320, 240);
+        assert!(matches!(
+            gate.judge(&key, &still, t0, sz),
+            Verdict::Run { change: None }
+        ));
+        let found = vec![Detection {
+            class_id: 0,
+            score: 0.9,
+            x1: 1.0,
+            y1: 2.0,
+            x2: 3.0,
+            y2: 4.0,
+        }];
+        gate.analysed(key.clone(), still.clone(), t0, sz, &found, "s.c.f0");
+        let later = |ms| t0 + chrono::Duration::milliseconds(ms);
+        let next = Thumbnail::of(&scene(320, 240, 3, 2));
+        match gate.judge(&key, &next, later(200), sz) {
+            Verdict::Reuse {
+                detections, from, ..
+            } => {
+                assert_eq!(*detections, found);
+                assert_eq!(from, "s.c.f0");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Past refresh_s, earlier than the last analysed one, or another size: the model runs.
+        assert!(matches!(
+            gate.judge(&key, &next, later(2000), sz),
+            Verdict::Run { .. }
+        ));
+        assert!(matches!(
+            gate.judge(&key, &next, later(-100), sz),
+            Verdict::Run { .. }
+        ));
+        assert!(matches!(
+            gate.judge(&key, &next, later(200), size(640, 480)),
+            Verdict::Run { .. }
+        ));
+        // Another camera has no state.
+        let other = ("s".to_string(), "d".to_string());
+        assert!(matches!(
+            gate.judge(&other, &next, later(200), sz),
+            Verdict::Run { change: None }
+        ));
+    }
+}
