@@ -77,6 +77,35 @@ enum Command {
         #[arg(long)]
         events: bool,
     },
+    /// Load test: publish a folder of frames as N cameras (fixed rate per camera, or closed
+    /// loop), then report throughput, latency percentiles, losses, drops and stage timings.
+    Loadgen {
+        /// Frames to send (default: the CCTV test sequence).
+        #[arg(long, default_value = "../shared/testdata/sequences/vtest")]
+        frames: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        cameras: usize,
+        /// Frames per second per camera (fixed schedule; latency from each frame's due time).
+        #[arg(long, conflicts_with = "inflight")]
+        fps: Option<f64>,
+        /// Closed loop: this many frames outstanding across all cameras.
+        #[arg(long)]
+        inflight: Option<usize>,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Seconds to wait for the last events after sending stops.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+        #[arg(long, default_value = "loadgen")]
+        site: String,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw latency and throughput over time as a PNG here.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+    },
     /// Print risk events as VIGIL_EVENTS stores them (each once, in order).
     Events {
         /// Subject filter, e.g. vigil.events.critical.> or vigil.events.*.seoul-hq.>
@@ -407,6 +436,42 @@ async fn main() -> anyhow::Result<()> {
             if !status::ping(&config, Duration::from_secs(timeout)).await? {
                 std::process::exit(1);
             }
+        }
+        Command::Loadgen {
+            frames,
+            cameras,
+            fps,
+            inflight,
+            duration,
+            wait,
+            site,
+            json,
+            chart,
+        } => {
+            use vigil::tools::loadgen::{self, Load, LoadOptions};
+            let load = match (fps, inflight) {
+                (_, Some(0)) => anyhow::bail!("--inflight must be at least 1"),
+                (_, Some(k)) => Load::Outstanding(k),
+                (Some(f), None) if f.is_finite() && f > 0.0 => Load::Rate(f),
+                (Some(_), None) => anyhow::bail!("--fps must be a number above 0"),
+                (None, None) => Load::Rate(5.0),
+            };
+            if cameras == 0 {
+                anyhow::bail!("--cameras must be at least 1");
+            }
+            let options = LoadOptions {
+                frames,
+                site,
+                cameras,
+                load,
+                duration: Duration::from_secs(duration),
+                wait: Duration::from_secs(wait),
+                json,
+                chart,
+                font: config.archive.snapshots.font.clone(),
+            };
+            let report = loadgen::run(&config, &options).await?;
+            vigil::tools::print_text(&report.to_string());
         }
         Command::Stats { wait } => {
             let lines: Vec<String> = status::stats(&config, Duration::from_secs(wait))

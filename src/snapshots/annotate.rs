@@ -39,6 +39,25 @@ pub enum AnnotateError {
     Encode(#[from] image::ImageError),
 }
 
+/// `path`, or the first font of [`FONT_SEARCH`] that exists.
+fn font_path(path: Option<&Path>) -> Result<PathBuf, AnnotateError> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => FONT_SEARCH
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or(AnnotateError::NoFont),
+    }
+}
+
+/// The bytes of `path`, or of the first font of [`FONT_SEARCH`] that exists (for other
+/// drawing code: loadgen's chart).
+pub fn font_bytes(path: Option<&Path>) -> Result<Vec<u8>, AnnotateError> {
+    let path = font_path(path)?;
+    std::fs::read(&path).map_err(|source| AnnotateError::ReadFont { path, source })
+}
+
 /// The font, loaded once.
 pub struct Typeface {
     font: FontVec,
@@ -49,14 +68,7 @@ impl Typeface {
     /// Loads `path`, or the first font of [`FONT_SEARCH`] that exists; refuses a font without
     /// Hangul.
     pub fn load(path: Option<&Path>) -> Result<Typeface, AnnotateError> {
-        let path = match path {
-            Some(p) => p.to_path_buf(),
-            None => FONT_SEARCH
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-                .ok_or(AnnotateError::NoFont)?,
-        };
+        let path = font_path(path)?;
         let bytes = std::fs::read(&path).map_err(|source| AnnotateError::ReadFont {
             path: path.clone(),
             source,
