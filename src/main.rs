@@ -85,6 +85,11 @@ enum Command {
         frames: PathBuf,
         #[arg(long, default_value_t = 4)]
         cameras: usize,
+        /// Fleet mode: this many of the cameras are quiet (a still view with noise, lighting
+        /// drift and a person crossing now and then); the report scores their detections
+        /// against the model's own on the same frames.
+        #[arg(long, default_value_t = 0)]
+        quiet: usize,
         /// Frames per second per camera (fixed schedule; latency from each frame's due time).
         #[arg(long, conflicts_with = "inflight")]
         fps: Option<f64>,
@@ -440,6 +445,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Loadgen {
             frames,
             cameras,
+            quiet,
             fps,
             inflight,
             duration,
@@ -459,10 +465,14 @@ async fn main() -> anyhow::Result<()> {
             if cameras == 0 {
                 anyhow::bail!("--cameras must be at least 1");
             }
+            if quiet > cameras {
+                anyhow::bail!("--quiet {quiet} is more than --cameras {cameras}");
+            }
             let options = LoadOptions {
                 frames,
                 site,
                 cameras,
+                quiet,
                 load,
                 duration: Duration::from_secs(duration),
                 wait: Duration::from_secs(wait),

@@ -101,9 +101,38 @@ async fn loadgen_reports_every_frame_at_a_fixed_rate_and_in_a_closed_loop() {
     assert!(sent >= 2, "{closed}");
     assert_eq!(closed["events"].as_u64(), Some(sent), "{closed}");
     assert_eq!(closed["lost"], 0, "{closed}");
+    // Fleet mode: one quiet camera of two. Its frames skip the model (gating) and still agree
+    // with what the model finds on each of them.
+    let fleet = loadgen(
+        &path,
+        dir.path(),
+        &[
+            "--cameras",
+            "2",
+            "--quiet",
+            "1",
+            "--fps",
+            "2",
+            "--duration",
+            "3",
+            "--wait",
+            "60",
+        ],
+    );
+    assert_eq!(fleet["events"], 12, "{fleet}");
+    assert_eq!(fleet["quiet_cameras"], 1, "{fleet}");
+    let agreement = &fleet["agreement"];
+    assert_eq!(agreement["events"], 6, "{fleet}");
+    assert!(fleet["model_skipped"].as_u64().unwrap() >= 3, "{fleet}");
+    assert!(agreement["f1"].as_f64().unwrap() >= 0.8, "{fleet}");
     common::report(
         "loadgen_smoke",
-        serde_json::json!({ "fixed_rate": fixed["latency_ms"], "closed_loop_fps": closed["throughput_fps"] }),
+        serde_json::json!({
+            "fixed_rate": fixed["latency_ms"],
+            "closed_loop_fps": closed["throughput_fps"],
+            "fleet_agreement": fleet["agreement"],
+            "fleet_model_skipped": fleet["model_skipped"],
+        }),
     );
     shutdown.cancel();
     running.await.unwrap();

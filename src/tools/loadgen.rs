@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub frames: PathBuf,
     pub site: String,
     pub cameras: usize,
+    /// Of the cameras, how many are quiet (fleet mode, see `fleet`); the rest play the folder.
+    pub quiet: usize,
     pub load: Load,
     pub duration: Duration,
     /// How long to wait for the last events after sending stops.
@@ -89,6 +91,11 @@ pub struct LoadReport {
     /// `$SRV.STATS.vigil` before and after.
     pub dropped_by_vigil: Option<u64>,
     pub model_skipped: u64,
+    /// Quiet cameras (fleet mode) among `cameras`.
+    pub quiet_cameras: usize,
+    /// Quiet cameras' events against the model's own results on the same frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<super::fleet::Agreement>,
     pub throughput_fps: f64,
     /// End-to-end: scheduled (fixed rate) or sent (closed loop) → event received.
     pub latency_ms: Percentiles,
@@ -108,6 +115,10 @@ impl std::fmt::Display for LoadReport {
         writeln!(f, "frames         {} sent, {} events, {} lost, {} dropped by vigil, {} without the model (motion)", self.sent, self.events, self.lost,
             self.dropped_by_vigil.map_or("?".to_string(), |d| d.to_string()), self.model_skipped)?;
         writeln!(f, "throughput     {:.2} events/s", self.throughput_fps)?;
+        if let Some(a) = &self.agreement {
+            writeln!(f, "quiet cameras  {} of {}: detections vs the model's own  precision {:.3}  recall {:.3}  F1 {:.3}", self.quiet_cameras, self.cameras, a.precision, a.recall, a.f1)?;
+            writeln!(f, "crossing       {} frames with the person, {} without it in the event, longest {:.1} s", a.crossing_frames, a.crossing_frames_unseen, a.longest_unseen_s)?;
+        }
         writeln!(
             f,
             "latency (ms)   p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
@@ -169,6 +180,16 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         .map_err(nats_err)?;
     client.flush().await.map_err(nats_err)?;
     let dropped_before = dropped(config).await;
+    let quiet = options.quiet.min(options.cameras);
+    let scene = match quiet {
+        0 => None,
+        _ => {
+            eprintln!("fleet: rendering a quiet view ({} frames) and asking vigil.analyze for the model's own results on each…", super::fleet::LOOP);
+            Some(std::sync::Arc::new(
+                super::fleet::QuietScene::build(&client, &images).await?,
+            ))
+        }
+    };
 
     let run = Utc::now().format("%H%M%S").to_string();
     let cameras: Vec<String> = (0..options.cameras.max(1))
@@ -179,14 +200,18 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         bar.set_style(style);
     }
 
-    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     let (credit_tx, credit_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let started = Instant::now();
     let sender = tokio::spawn(send(
         js.clone(),
         options.site.clone(),
         cameras.clone(),
-        images,
+        Frames {
+            images,
+            quiet,
+            scene: scene.clone(),
+        },
         run.clone(),
         options.load,
         options.duration,
@@ -194,7 +219,8 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         credit_rx,
     ));
 
-    let mut expected: HashMap<String, Instant> = HashMap::new();
+    let mut expected: HashMap<String, (Instant, Option<QuietFrame>)> = HashMap::new();
+    let mut quiet_seen = Vec::new();
     let mut latency = histogram();
     let mut stages: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
     let mut per_second: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
@@ -209,7 +235,7 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
     loop {
         tokio::select! {
             sent = sent_rx.recv(), if sending => match sent {
-                Some((id, at)) => { expected.insert(id, at); sent_total += 1; }
+                Some(Sent { id, at, quiet }) => { expected.insert(id, (at, quiet)); sent_total += 1; }
                 None => {
                     sending = false;
                     deadline.as_mut().reset(tokio::time::Instant::now() + options.wait);
@@ -219,7 +245,10 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
                 let Some(message) = message else { break };
                 let Ok(event) = Encoding::of(message.headers.as_ref()).decode::<RiskEvent>(&message.payload) else { continue };
                 if !event.frame_id.starts_with(&prefix) { continue }
-                let Some(at) = expected.remove(&event.frame_id) else { continue };
+                let Some((at, quiet)) = expected.remove(&event.frame_id) else { continue };
+                if let Some(q) = quiet {
+                    quiet_seen.push((q.camera, q.number, q.index, super::fleet::boxes(&event)));
+                }
                 let now = Instant::now();
                 let us = now.saturating_duration_since(at).as_micros() as u64;
                 let _ = latency.record(us.max(1));
@@ -263,6 +292,14 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
             .zip(dropped_after)
             .map(|(b, a)| a.saturating_sub(b)),
         model_skipped: skipped,
+        quiet_cameras: quiet,
+        agreement: scene.as_ref().map(|s| {
+            let fps = match options.load {
+                Load::Rate(f) => f,
+                Load::Outstanding(_) => 5.0,
+            };
+            super::fleet::agreement(s, &quiet_seen, fps)
+        }),
         throughput_fps: received as f64
             / last_event.duration_since(started).as_secs_f64().max(1e-9),
         latency_ms: Percentiles::of(&latency),
@@ -293,6 +330,47 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
     Ok(report)
 }
 
+/// A frame sent: its id, when it was due (fixed rate) or sent, and for a quiet camera which.
+struct Sent {
+    id: String,
+    at: Instant,
+    quiet: Option<QuietFrame>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QuietFrame {
+    camera: usize,
+    /// The camera's frame number.
+    number: usize,
+    /// Its place in the quiet loop.
+    index: usize,
+}
+
+/// What each camera sends: the first `quiet` cameras the quiet loop (each from its own place
+/// in it, so crossings do not coincide), the others the folder's frames.
+struct Frames {
+    images: Vec<Bytes>,
+    quiet: usize,
+    scene: Option<std::sync::Arc<super::fleet::QuietScene>>,
+}
+
+impl Frames {
+    fn frame(&self, camera: usize, k: usize) -> (Bytes, Option<QuietFrame>) {
+        match &self.scene {
+            Some(scene) if camera < self.quiet => {
+                let index = (k + camera * 37) % scene.frames.len();
+                let quiet = QuietFrame {
+                    camera,
+                    number: k,
+                    index,
+                };
+                (scene.frames[index].clone(), Some(quiet))
+            }
+            _ => (self.images[k % self.images.len()].clone(), None),
+        }
+    }
+}
+
 /// Frames vigil dropped so far (the largest count any instance reports: each counts the
 /// stream's drops, not its own); None without a running vigil.
 async fn dropped(config: &Config) -> Option<u64> {
@@ -312,11 +390,11 @@ async fn send(
     js: jetstream::Context,
     site: String,
     cameras: Vec<String>,
-    images: Vec<Bytes>,
+    frames: Frames,
     run: String,
     load: Load,
     duration: Duration,
-    sent: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
+    sent: tokio::sync::mpsc::UnboundedSender<Sent>,
     mut credits: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> Result<(), ToolError> {
     let start = tokio::time::Instant::now();
@@ -324,13 +402,15 @@ async fn send(
     let mut acks = futures::stream::FuturesUnordered::new();
     let mut n = 0usize;
     let publish = |n: usize| {
-        let camera = &cameras[n % cameras.len()];
+        let c = n % cameras.len();
+        let camera = &cameras[c];
         let k = n / cameras.len();
         let frame_id = format!("lg{run}-{camera}-{k:06}");
+        let (image, quiet) = frames.frame(c, k);
         let frame = Frame {
             frame_id: frame_id.clone(),
             captured_at: Utc::now(),
-            image: images[k % images.len()].clone(),
+            image,
             site: Some(site.clone()),
             camera_id: Some(camera.clone()),
             pose: None,
@@ -341,7 +421,15 @@ async fn send(
                 .payload(Bytes::from(body))
                 .message_id(contract::event_id(&site, camera, &frame_id))
         });
-        (frame_id, subjects::frames(&site, camera), message)
+        (
+            Sent {
+                id: frame_id,
+                at: Instant::now(),
+                quiet,
+            },
+            subjects::frames(&site, camera),
+            message,
+        )
     };
     match load {
         Load::Rate(fps) => {
@@ -352,9 +440,10 @@ async fn send(
                     break;
                 }
                 tokio::time::sleep_until(due).await;
-                let (id, subject, message) = publish(n);
+                let (mut record, subject, message) = publish(n);
                 // Latency counts from when the frame was due, not from when it went out.
-                let _ = sent.send((id, due.into_std()));
+                record.at = due.into_std();
+                let _ = sent.send(record);
                 let ack = js.send_publish(subject, message?).await.map_err(nats_err)?;
                 acks.push(std::future::IntoFuture::into_future(ack));
                 while let Some(Some(done)) = futures::FutureExt::now_or_never(acks.next()) {
@@ -365,8 +454,8 @@ async fn send(
         }
         Load::Outstanding(k) => {
             for _ in 0..k {
-                let (id, subject, message) = publish(n);
-                let _ = sent.send((id, Instant::now()));
+                let (record, subject, message) = publish(n);
+                let _ = sent.send(record);
                 js.send_publish(subject, message?)
                     .await
                     .map_err(nats_err)?
@@ -379,8 +468,8 @@ async fn send(
                     credit = credits.recv() => if credit.is_none() { break },
                     _ = tokio::time::sleep_until(end) => break,
                 }
-                let (id, subject, message) = publish(n);
-                let _ = sent.send((id, Instant::now()));
+                let (record, subject, message) = publish(n);
+                let _ = sent.send(record);
                 js.send_publish(subject, message?)
                     .await
                     .map_err(nats_err)?

@@ -16,6 +16,7 @@ pub mod analyze;
 pub mod archive;
 pub mod bev;
 pub mod calibrate;
+pub mod fleet;
 pub mod loadgen;
 pub mod play;
 pub mod report;
