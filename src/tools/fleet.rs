@@ -1,8 +1,8 @@
 //! loadgen's fleet mode: quiet cameras beside busy ones. A quiet camera shows a still view (the
 //! first frame of the folder) with sensor noise, JPEG re-encoding and a slow lighting drift, and
-//! now and then a person crossing it — a real person, cut from a later frame of the folder where
-//! vigil's own analyze service finds one. Its frames are rendered once (a 20 s loop at 5 frames
-//! a second, the crossing in its second half) and analysed once through `vigil.analyze`
+//! for 4 s in every 30 s a person crossing it — a real person, cut from a later frame of the folder where
+//! vigil's own analyze service finds one. Its frames are rendered once (a 30 s loop at 5 frames
+//! a second, the crossing near its end) and analysed once through `vigil.analyze`
 //! (which is never gated): the reference each gated event is scored against.
 
 use std::time::Duration;
@@ -14,10 +14,10 @@ use image::{Rgb, RgbImage};
 use super::{nats_err, ToolError};
 use crate::contract::{subjects, BBox, Encoding, Frame, RiskEvent};
 
-/// Frames in a quiet camera's loop (20 s at 5 frames/s).
-pub const LOOP: usize = 100;
-/// The crossing: these frames of the loop (4 s).
-const CROSSING: std::ops::Range<usize> = 50..70;
+/// Frames in a quiet camera's loop (30 s at 5 frames/s).
+pub const LOOP: usize = 150;
+/// The crossing: these frames of the loop (4 s at 5 frames/s).
+const CROSSING: std::ops::Range<usize> = 100..120;
 
 /// One quiet camera's loop of frames, with where the pasted person is and what the model
 /// finds in each frame when it runs.

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Static int8 (QDQ) quantization of the detector, calibrated on frames of the CCTV sequence.
+
+The detection head stays in fp32: it concatenates box coordinates (0-640) with class scores
+(0-1) into one tensor, and one int8 scale for both loses every score (measured: a full-graph
+int8 model finds nothing). Everything before it (backbone, neck) is quantized per channel.
+
+    .venv/bin/python scripts/quantize.py [--model models/yolov12n.onnx]
+        [--out models/yolov12n-int8.onnx] [--frames DIR] [--count 64]
+
+Pre-processing mirrors vigil's (src/vision): scale to fit, bilinear resize, pad 114 centred,
+RGB, /255, planar float32. Compare the result with the fp32 model through vigil itself:
+`cargo run --release --example int8_eval`.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+
+def ensure(*packages):
+    missing = []
+    for module, package in packages:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
+
+
+ensure(("onnx", "onnx"), ("PIL", "pillow"))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnxruntime.quantization import (  # noqa: E402
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def letterbox(path, width, height):
+    image = Image.open(path).convert("RGB")
+    scale = min(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), Image.BILINEAR)
+    canvas = Image.new("RGB", (width, height), (114, 114, 114))
+    canvas.paste(resized, ((width - w) // 2, (height - h) // 2))
+    array = np.asarray(canvas, dtype=np.float32) / 255.0
+    return array.transpose(2, 0, 1)[None]
+
+
+class Frames(CalibrationDataReader):
+    def __init__(self, files, name, width, height):
+        self.files = iter(files)
+        self.name, self.width, self.height = name, width, height
+
+    def get_next(self):
+        path = next(self.files, None)
+        return None if path is None else {self.name: letterbox(path, self.width, self.height)}
+
+
+def head_prefix(model):
+    """The module prefix of the node that produces the model's output ("/model.21/")."""
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        if output in node.output:
+            parts = node.name.strip("/").split("/")
+            if len(parts) >= 2:
+                return "/" + parts[0] + "/"
+    raise SystemExit(f"cannot find the head: no node named like /model.N/… produces {output}")
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.path.join(root, "models/yolov12n.onnx"))
+    p.add_argument("--out", default=os.path.join(root, "models/yolov12n-int8.onnx"))
+    shared = os.path.join(root, "../shared/testdata/sequences/vtest")
+    p.add_argument("--frames", default=shared if os.path.isdir(shared) else os.path.join(root, "testdata/sequences/vtest"))
+    p.add_argument("--count", type=int, default=64, help="calibration frames, spread over the folder")
+    args = p.parse_args()
+
+    files = sorted(
+        os.path.join(args.frames, f)
+        for f in os.listdir(args.frames)
+        if f.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+    step = max(1, len(files) // args.count)
+    calibration = files[::step][: args.count]
+
+    prepared = args.out + ".prep.onnx"
+    quant_pre_process(args.model, prepared, skip_symbolic_shape=True)
+    model = onnx.load(prepared)
+    inp = model.graph.input[0]
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    height, width = (dims[2] or 640), (dims[3] or 640)
+    prefix = head_prefix(model)
+    head = [n.name for n in model.graph.node if n.name.startswith(prefix)]
+    print(f"calibrating on {len(calibration)} frames of {args.frames}; head {prefix} ({len(head)} nodes) stays fp32")
+    quantize_static(
+        prepared,
+        args.out,
+        Frames(calibration, inp.name, width, height),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=head,
+    )
+    os.remove(prepared)
+    # vigil reads the class names and input size from the metadata: keep the original's.
+    source = onnx.load(args.model)
+    out = onnx.load(args.out)
+    del out.metadata_props[:]
+    out.metadata_props.extend(source.metadata_props)
+    onnx.save(out, args.out)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB; fp32 {os.path.getsize(args.model) / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
