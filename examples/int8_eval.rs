@@ -26,15 +26,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         std::path::PathBuf::from("testdata")
     };
-    let mut images = Vec::new();
-    for dir in ["images"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        images.extend(files);
-    }
+    let mut images: Vec<_> = std::fs::read_dir(root.join("images"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    images.sort();
     let mut sequence: Vec<_> = std::fs::read_dir(root.join("sequences/vtest"))?
         .flatten()
         .map(|e| e.path())

@@ -1,0 +1,96 @@
+//! The int8 model (`scripts/quantize.py`: static QDQ, calibrated on the sequence, head kept in
+//! fp32) against the fp32 one through vigil's pipeline: on the shared images and frames of the
+//! sequence its objects match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
+//! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::Utc;
+use vigil::contract::{BBox, Frame};
+
+fn int8_model() -> PathBuf {
+    let shipped = Path::new("models/yolov12n-int8.onnx");
+    if shipped.is_file() {
+        return shipped.to_path_buf();
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-int8.onnx");
+    if !out.is_file() {
+        let status = Command::new(".venv/bin/python")
+            .args(["scripts/quantize.py", "--count", "32", "--out"])
+            .arg(&out)
+            .status()
+            .expect("scripts/quantize.py runs");
+        assert!(status.success(), "scripts/quantize.py failed");
+    }
+    out
+}
+
+async fn objects(model: &Path, images: &[PathBuf]) -> Vec<Vec<(String, BBox)>> {
+    let mut config = common::sequence::config();
+    config.detector.model = model.to_path_buf();
+    let detector = vigil::detect::Detector::load(&config.detector).unwrap();
+    let pipeline = vigil::pipeline::Pipeline::new(&config, detector).unwrap();
+    let mut out = Vec::new();
+    for (i, path) in images.iter().enumerate() {
+        let frame = Frame {
+            frame_id: format!("f{i}"),
+            captured_at: Utc::now(),
+            image: std::fs::read(path).unwrap().into(),
+            site: None,
+            camera_id: None,
+            pose: None,
+            meta: Default::default(),
+        };
+        let origin = vigil::pipeline::Origin {
+            site: "eval",
+            camera: "eval",
+            queued: Default::default(),
+            patience: None,
+        };
+        let event = pipeline.process(frame, origin).await.unwrap();
+        out.push(vigil::tools::fleet::boxes(&event));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_model_finds_what_the_fp32_model_finds() {
+    let int8 = int8_model();
+    let root = common::testdata();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(root.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let mut sequence: Vec<PathBuf> = std::fs::read_dir(root.join("sequences/vtest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    sequence.sort();
+    // Frames the calibration (every 4th or 9th) did not see.
+    images.extend(sequence.iter().skip(5).step_by(25).cloned());
+    let fp32 = objects(Path::new("models/yolov12n.onnx"), &images).await;
+    let quantized = objects(&int8, &images).await;
+    let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+    for (found, reference) in quantized.iter().zip(&fp32) {
+        let (t, f, n) = vigil::tools::fleet::matches(found, reference);
+        tp += t;
+        fp += f;
+        fn_ += n;
+    }
+    let precision = tp as f64 / (tp + fp).max(1) as f64;
+    let recall = tp as f64 / (tp + fn_).max(1) as f64;
+    let f1 = 2.0 * precision * recall / (precision + recall).max(1e-9);
+    common::report(
+        "int8_agreement",
+        serde_json::json!({ "images": images.len(), "fp32_objects": tp + fn_, "precision": precision, "recall": recall, "f1": f1 }),
+    );
+    assert!(tp + fn_ > 100, "{} fp32 objects", tp + fn_);
+    assert!(
+        f1 >= 0.95,
+        "F1 {f1:.3} (precision {precision:.3}, recall {recall:.3})"
+    );
+}
