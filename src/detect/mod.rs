@@ -44,6 +44,28 @@ pub struct DetectorConfig {
     pub iou: f32,
     /// Most detections reported per frame.
     pub max_detections: usize,
+    /// Where the model runs: `cpu`, or `cuda` (needs onnxruntime-gpu's library as
+    /// `runtime_library` and the CUDA/cuDNN libraries; without them vigil says why and runs on
+    /// the CPU).
+    pub execution_provider: Provider,
+    /// The GPU, for `cuda`.
+    pub cuda_device: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
 }
 
 impl Default for DetectorConfig {
@@ -57,6 +79,8 @@ impl Default for DetectorConfig {
             track_confidence: 0.1,
             iou: 0.45,
             max_detections: 300,
+            execution_provider: Provider::Cpu,
+            cuda_device: 0,
         }
     }
 }
@@ -125,6 +149,8 @@ pub struct ModelInfo {
     pub input_width: u32,
     pub input_height: u32,
     pub class_names: Vec<String>,
+    /// Where the sessions run (the configured provider, or `cpu` after a fallback).
+    pub provider: Provider,
 }
 
 impl ModelInfo {
@@ -191,6 +217,43 @@ fn search_runtime(
 }
 
 /// ONNX Runtime is loaded once per process; every detector shares the environment.
+/// One session on `provider`; a CUDA session that cannot be had (a CPU-only ONNX Runtime, no
+/// GPU, no CUDA libraries) is built on the CPU instead, with a warning that says why.
+fn build_session(
+    env: &ort::environment::Environment,
+    config: &DetectorConfig,
+    provider: Provider,
+    model: &[u8],
+) -> Result<(Session, Provider), DetectError> {
+    let builder = || -> Result<_, DetectError> {
+        Ok(Session::builder(env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(config.threads_per_session)?
+            .with_inter_threads(1)?
+            .with_intra_op_spinning(false)?)
+    };
+    if provider == Provider::Cuda {
+        use ort::ep::ExecutionProvider;
+        let cuda = ort::ep::CUDA::default().with_device_id(config.cuda_device);
+        let reason = match ort::ep::CUDA::is_available() {
+            Ok(false) => "this ONNX Runtime library has no CUDA execution provider (use onnxruntime-gpu's as detector.runtime_library)".to_string(),
+            Err(e) => e.to_string(),
+            Ok(true) => {
+                let attempt = builder().and_then(|b| {
+                    Ok(b.with_execution_providers([cuda.build().error_on_failure()])?
+                        .commit_from_memory(model)?)
+                });
+                match attempt {
+                    Ok(session) => return Ok((session, Provider::Cuda)),
+                    Err(e) => e.to_string(),
+                }
+            }
+        };
+        tracing::warn!(reason = %reason, "CUDA execution provider unavailable; the model runs on the CPU");
+    }
+    Ok((builder()?.commit_from_memory(model)?, Provider::Cpu))
+}
+
 fn environment(library: &Path) -> Result<ort::environment::Environment, DetectError> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -255,17 +318,16 @@ impl Detector {
             max_detections: config.max_detections,
         };
 
+        let mut provider = config.execution_provider;
         let mut sessions = Vec::with_capacity(config.sessions);
         for _ in 0..config.sessions {
-            let session = Session::builder(&env)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .with_intra_threads(config.threads_per_session)?
-                .with_inter_threads(1)?
-                .with_intra_op_spinning(false)?
-                .commit_from_memory(&bytes)?;
+            let (session, ran_on) = build_session(&env, config, provider, &bytes)?;
+            provider = ran_on;
             sessions.push(session);
         }
-        let info = Arc::new(read_model_info(&sessions[0], name, sha256)?);
+        let mut info = read_model_info(&sessions[0], name, sha256)?;
+        info.provider = provider;
+        let info = Arc::new(info);
         let (jobs, queue) = async_channel::bounded(config.sessions);
         let buffers = Arc::new(Mutex::new(Vec::new()));
         let threads = sessions
@@ -279,7 +341,7 @@ impl Detector {
                     .map_err(|e| DetectError::Ort(format!("cannot start a detector thread: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        tracing::info!(model = %info.name, sessions = config.sessions, threads = config.threads_per_session, runtime = %library.display(), "detector ready");
+        tracing::info!(model = %info.name, provider = info.provider.as_str(), sessions = config.sessions, threads = config.threads_per_session, runtime = %library.display(), "detector ready");
         Ok(Detector {
             info,
             jobs,
@@ -390,6 +452,7 @@ fn read_model_info(
         input_width,
         input_height,
         class_names,
+        provider: Provider::Cpu,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The int8 model (`scripts/quantize.py`: static QDQ, calibrated on the sequence, head kept in
+//! Model variants. The CUDA execution provider, asked for where there is none (this machine,
+//! CI), falls back to the CPU and says so. The int8 model (`scripts/quantize.py`: static QDQ, calibrated on the sequence, head kept in
 //! fp32) against the fp32 one through vigil's pipeline: on the shared images and frames of the
 //! sequence its objects match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
 //! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
@@ -92,5 +93,30 @@ async fn the_int8_model_finds_what_the_fp32_model_finds() {
     assert!(
         f1 >= 0.95,
         "F1 {f1:.3} (precision {precision:.3}, recall {recall:.3})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_where_there_is_none_falls_back_to_the_cpu_and_still_detects() {
+    let mut config = common::sequence::config();
+    config.detector.execution_provider = vigil::detect::Provider::Cuda;
+    config.detector.sessions = 1;
+    let detector = vigil::detect::Detector::load(&config.detector).expect("loads on the CPU");
+    // The tests run on the PyPI `onnxruntime` wheel (scripts/setup.sh), which has no CUDA.
+    assert_eq!(detector.info().provider, vigil::detect::Provider::Cpu);
+    let pipeline = vigil::pipeline::Pipeline::new(&config, detector).unwrap();
+    let image = common::image("bus.jpg");
+    let frame = common::frame("bus", image);
+    let origin = vigil::pipeline::Origin {
+        site: "eval",
+        camera: "eval",
+        queued: Default::default(),
+        patience: None,
+    };
+    let event = pipeline.process(frame, origin).await.unwrap();
+    assert!(
+        event.objects.iter().filter(|o| o.label == "person").count() >= 3,
+        "{:?}",
+        event.counts
     );
 }
