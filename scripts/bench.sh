@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# vigil next to the Python baseline (../shared/baseline), both driven by the baseline's own
+# (a) The model alone with vigil's settings (examples/model_alone.rs: letterboxed tensors through
+# vigil's detector pool, 1 and 2 one-thread sessions), then (b) vigil next to (c) the Python
+# baseline (../shared/baseline), both driven by the baseline's own
 # load driver drive.py on the same machine, model and thread budget, one system at a time,
 # each on a fresh nats-server. Prints one JSON line per run and a summary table (medians of
 # REPEATS runs). The archiver is off: the baseline has no database.
@@ -15,6 +17,12 @@ frames=../shared/testdata/sequences/vtest
 [ -d "$frames" ] || frames=testdata/sequences/vtest
 scripts/setup.sh
 cargo build --release --quiet
+cargo build --release --quiet --example model_alone
+model_fps() { target/release/examples/model_alone "$1" "$count" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
+model1=$(model_fps 1)
+model2=$(model_fps 2)
+echo "{\"system\": \"model alone\", \"sessions\": 1, \"frames_per_s\": $model1}"
+echo "{\"system\": \"model alone\", \"sessions\": 2, \"frames_per_s\": $model2}"
 if [ ! -x .venv-baseline/bin/python ]; then
   python3 -m venv .venv-baseline
   .venv-baseline/bin/pip install -q onnxruntime pillow numpy nats-py msgpack
@@ -60,9 +68,10 @@ READY="processor started" measure "vigil 2 sessions x 1 thread" bash -c 'vigil_s
 READY="py_worker ready" measure "python 2 workers x 1 thread" bash -c 'py_workers 2 1'
 READY="py_worker ready" measure "python 1 worker x 2 threads" bash -c 'py_workers 1 2'
 
-python3 - "$run/results.jsonl" "$count" "$inflight" <<'PY'
+python3 - "$run/results.jsonl" "$count" "$inflight" "$model1" "$model2" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+model = {1: float(sys.argv[4]), 2: float(sys.argv[5])}
 systems = list(dict.fromkeys(r["system"] for r in rows))
 print(f"\n{sys.argv[2]} frames of the vtest sequence per run, closed loop with {sys.argv[3]} in flight; medians of runs")
 print(f"{'system':<30} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'lost':>5}")
@@ -70,4 +79,13 @@ for s in systems:
     d = [r["data"] for r in rows if r["system"] == s]
     med = lambda k: statistics.median(x[k] for x in d)
     print(f"{s:<30} {med('throughput_fps'):>9.2f} {med('p50_ms'):>8.1f} {med('p95_ms'):>8.1f} {sum(x['lost'] for x in d):>5}")
+fps = {s: statistics.median(r["data"]["throughput_fps"] for r in rows if r["system"] == s) for s in systems}
+print(f"\nmodel alone: {model[1]:.2f} frames/s with 1 session, {model[2]:.2f} with 2 (vigil's detector pool, tensors ready)")
+for n in (1, 2):
+    name = f"vigil {n} session{'s' if n > 1 else ''} x 1 thread"
+    if name in fps:
+        print(f"{name}: {fps[name] / model[n]:.2f} x the model alone with the same sessions")
+vigil = max(v for k, v in fps.items() if k.startswith("vigil"))
+python = max(v for k, v in fps.items() if k.startswith("python"))
+print(f"best vigil / best Python baseline: {vigil / python:.2f} x")
 PY

@@ -1,0 +1,73 @@
+//! The model alone, with vigil's settings: frames of the CCTV sequence decoded and letterboxed
+//! beforehand, then run through vigil's detector pool (SESSIONS one-thread ONNX Runtime sessions
+//! side by side, kept busy; output decoding and NMS included, ~0.5 ms a frame) — the ceiling
+//! `vigil serve` is compared with in `scripts/bench.sh`.
+//!
+//!     cargo run --release --example model_alone -- [SESSIONS] [FRAMES]
+//!
+//! Prints one JSON line: frames per second.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use vigil::config::Config;
+use vigil::detect::Detector;
+use vigil::vision::{self, Letterboxer};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let sessions: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2);
+    let count: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200);
+    let mut config = Config::from_toml(include_str!("../config/vigil.toml"))?;
+    config.detector.sessions = sessions;
+    config.detector.threads_per_session = 1;
+    let detector = Detector::load(&config.detector)?;
+    let (w, h) = (detector.info().input_width, detector.info().input_height);
+    let dir = [
+        "../shared/testdata/sequences/vtest",
+        "testdata/sequences/vtest",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.is_dir())
+    .ok_or_else(|| anyhow::anyhow!("no vtest sequence"))?;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut letterboxer = Letterboxer::default();
+    let mut tensors = Vec::new();
+    for path in files.iter().cycle().take(count) {
+        let image = vision::decode(&std::fs::read(path)?, &config.vision)?;
+        let mut tensor = Vec::new();
+        letterboxer.run(&image, w, h, &mut tensor)?;
+        tensors.push(tensor);
+    }
+    // Warm-up: each session once or twice.
+    let warm: Vec<_> = tensors.iter().take(2 * sessions).cloned().collect();
+    futures::stream::iter(warm)
+        .map(|t| detector.detect(t, None))
+        .buffer_unordered(2 * sessions)
+        .collect::<Vec<_>>()
+        .await;
+    let started = Instant::now();
+    let done = futures::stream::iter(tensors)
+        .map(|t| detector.detect(t, None))
+        .buffer_unordered(2 * sessions)
+        .filter(|r| std::future::ready(r.is_ok()))
+        .count()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "sessions": sessions,
+            "threads_per_session": 1,
+            "frames": done,
+            "frames_per_s": (done as f64 / seconds * 100.0).round() / 100.0,
+        })
+    );
+    Ok(())
+}
