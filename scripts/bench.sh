@@ -13,8 +13,7 @@ count=${1:-200}
 repeats=${2:-3}
 inflight=${3:-4}
 baseline=${BASELINE_DIR:-../shared/baseline}
-frames=../shared/testdata/sequences/vtest
-[ -d "$frames" ] || frames=testdata/sequences/vtest
+frames=$(sequence_dir)
 scripts/setup.sh
 cargo build --release --quiet
 cargo build --release --quiet --example model_alone

@@ -13,8 +13,7 @@ fps=${1:-5}
 duration=${2:-30}
 scripts/setup.sh
 cargo build --release --quiet --bin vigil
-frames=../shared/testdata/sequences/vtest
-[ -d "$frames" ] || frames=testdata/sequences/vtest
+frames=$(sequence_dir)
 out=target/capacity
 mkdir -p "$out"
 run=$(mktemp -d)

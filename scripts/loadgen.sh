@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 scripts/setup.sh
 cargo build --release --quiet --bin vigil
-frames=../shared/testdata/sequences/vtest
-[ -d "$frames" ] || frames=testdata/sequences/vtest
+frames=$(sequence_dir)
 out=target/loadgen
 mkdir -p "$out"
 run=$(mktemp -d)

@@ -40,8 +40,7 @@ if ! listening 27017; then
   wait_port 27017 SecantusDB
 fi
 
-frames=../shared/testdata/sequences/vtest
-[ -d "$frames" ] || frames=testdata/sequences/vtest
+frames=$(sequence_dir)
 "$vigil" serve >"$state/vigil.log" 2>&1 &
 serve_pid=$!
 pids+=("$serve_pid")

@@ -176,11 +176,13 @@ impl Pipeline {
         let budget = self.reserve_pixels(&probe, origin.patience).await?;
         let tensor = self.detector.take_buffer();
         let limits = self.limits.clone();
-        let key = (origin.site.to_string(), origin.camera.to_string());
+        // Gated: a stream frame of a static camera the configuration does not exempt.
         let gate = self
             .gate
             .as_ref()
-            .filter(|_| stream && frame.pose.is_none() && !self.ungated.contains(&key));
+            .filter(|_| stream && frame.pose.is_none())
+            .map(|g| (g, (origin.site.to_string(), origin.camera.to_string())))
+            .filter(|(_, key)| !self.ungated.contains(key));
         let gated = gate.is_some();
         let (size, letterbox, tensor, thumbnail) = tokio::task::spawn_blocking(move || {
             let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor, gated);
@@ -194,7 +196,7 @@ impl Pipeline {
         let decoded = started.elapsed();
 
         let (inference, motion) = match (gate, thumbnail) {
-            (Some(gate), Some(thumbnail)) => {
+            (Some((gate, key)), Some(thumbnail)) => {
                 self.gated_inference(gate, key, thumbnail, &frame, size, tensor, origin)
                     .await?
             }

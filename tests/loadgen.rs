@@ -7,7 +7,8 @@ mod common;
 
 use std::process::Command;
 
-fn loadgen(config: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+/// Runs `vigil loadgen ARGS` (words separated by spaces) with a JSON report and a chart.
+fn loadgen(config: &std::path::Path, dir: &std::path::Path, args: &str) -> serde_json::Value {
     let json = dir.join("report.json");
     let chart = dir.join("chart.png");
     let frames = common::testdata().join("sequences/vtest");
@@ -17,7 +18,7 @@ fn loadgen(config: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> se
         .arg("loadgen")
         .arg("--frames")
         .arg(&frames)
-        .args(args)
+        .args(args.split_whitespace())
         .arg("--json")
         .arg(&json)
         .arg("--chart")
@@ -57,16 +58,7 @@ async fn loadgen_reports_every_frame_at_a_fixed_rate_and_in_a_closed_loop() {
     let fixed = loadgen(
         &path,
         dir.path(),
-        &[
-            "--cameras",
-            "2",
-            "--fps",
-            "2",
-            "--duration",
-            "3",
-            "--wait",
-            "60",
-        ],
+        "--cameras 2 --fps 2 --duration 3 --wait 60",
     );
     assert_eq!(fixed["sent"], 12, "{fixed}");
     assert_eq!(fixed["events"], 12, "{fixed}");
@@ -86,16 +78,7 @@ async fn loadgen_reports_every_frame_at_a_fixed_rate_and_in_a_closed_loop() {
     let closed = loadgen(
         &path,
         dir.path(),
-        &[
-            "--cameras",
-            "3",
-            "--inflight",
-            "2",
-            "--duration",
-            "3",
-            "--wait",
-            "60",
-        ],
+        "--cameras 3 --inflight 2 --duration 3 --wait 60",
     );
     let sent = closed["sent"].as_u64().unwrap();
     assert!(sent >= 2, "{closed}");
@@ -106,18 +89,7 @@ async fn loadgen_reports_every_frame_at_a_fixed_rate_and_in_a_closed_loop() {
     let fleet = loadgen(
         &path,
         dir.path(),
-        &[
-            "--cameras",
-            "2",
-            "--quiet",
-            "1",
-            "--fps",
-            "2",
-            "--duration",
-            "3",
-            "--wait",
-            "60",
-        ],
+        "--cameras 2 --quiet 1 --fps 2 --duration 3 --wait 60",
     );
     assert_eq!(fleet["events"], 12, "{fleet}");
     assert_eq!(fleet["quiet_cameras"], 1, "{fleet}");
@@ -136,4 +108,28 @@ async fn loadgen_reports_every_frame_at_a_fixed_rate_and_in_a_closed_loop() {
     );
     shutdown.cancel();
     running.await.unwrap();
+}
+
+#[test]
+fn without_a_vigil_loadgen_says_so() {
+    let nats = common::NatsServer::start();
+    let config = common::config(&nats, &common::unique_db("loadgen_none"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("--config")
+        .arg(&path)
+        .args(["loadgen", "--frames"])
+        .arg(common::testdata().join("sequences/vtest"))
+        .args(["--cameras", "1", "--duration", "1", "--wait", "1"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no vigil on this NATS server") && stderr.contains("vigil serve"),
+        "{stderr}"
+    );
 }

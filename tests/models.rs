@@ -12,6 +12,13 @@ use std::process::Command;
 use chrono::Utc;
 use vigil::contract::{BBox, Frame};
 
+const ORIGIN: vigil::pipeline::Origin<'static> = vigil::pipeline::Origin {
+    site: "eval",
+    camera: "eval",
+    queued: std::time::Duration::ZERO,
+    patience: None,
+};
+
 fn int8_model() -> PathBuf {
     let shipped = Path::new("models/yolov12n-int8.onnx");
     if shipped.is_file() {
@@ -45,13 +52,7 @@ async fn objects(model: &Path, images: &[PathBuf]) -> Vec<Vec<(String, BBox)>> {
             pose: None,
             meta: Default::default(),
         };
-        let origin = vigil::pipeline::Origin {
-            site: "eval",
-            camera: "eval",
-            queued: Default::default(),
-            patience: None,
-        };
-        let event = pipeline.process(frame, origin).await.unwrap();
+        let event = pipeline.process(frame, ORIGIN).await.unwrap();
         out.push(vigil::tools::fleet::boxes(&event));
     }
     out
@@ -107,13 +108,7 @@ async fn cuda_where_there_is_none_falls_back_to_the_cpu_and_still_detects() {
     let pipeline = vigil::pipeline::Pipeline::new(&config, detector).unwrap();
     let image = common::image("bus.jpg");
     let frame = common::frame("bus", image);
-    let origin = vigil::pipeline::Origin {
-        site: "eval",
-        camera: "eval",
-        queued: Default::default(),
-        patience: None,
-    };
-    let event = pipeline.process(frame, origin).await.unwrap();
+    let event = pipeline.process(frame, ORIGIN).await.unwrap();
     assert!(
         event.objects.iter().filter(|o| o.label == "person").count() >= 3,
         "{:?}",

@@ -68,8 +68,8 @@ pub struct Moment<'a> {
     pub tracks: &'a [Track],
     /// The camera's name for descriptions.
     pub place: &'a str,
-    /// The snapshot that shows this moment: the event's own, or the camera's latest one
-    /// taken shortly before.
+    /// The snapshot that shows this moment: the event's own, the camera's latest one taken
+    /// shortly before, or (when processors keep frames) this event's frame, to be kept.
     pub snapshot: Option<&'a str>,
 }
 

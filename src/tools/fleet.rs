@@ -168,6 +168,9 @@ impl QuietScene {
                 break;
             }
         }
+        if cut.is_none() {
+            eprintln!("fleet: the model found no person at least 60 px tall in the folder's frames; the quiet cameras will have no crossing");
+        }
         let mut frames = Vec::with_capacity(LOOP);
         let mut person = Vec::with_capacity(LOOP);
         for k in 0..LOOP {

@@ -179,7 +179,7 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         .await
         .map_err(nats_err)?;
     client.flush().await.map_err(nats_err)?;
-    let dropped_before = dropped(config).await;
+    let dropped_before = dropped(&client).await;
     let quiet = options.quiet.min(options.cameras);
     let scene = match quiet {
         0 => None,
@@ -203,7 +203,7 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     let (credit_tx, credit_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let started = Instant::now();
-    let sender = tokio::spawn(send(
+    let mut sender = Some(tokio::spawn(send(
         js.clone(),
         options.site.clone(),
         cameras.clone(),
@@ -217,12 +217,12 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         options.duration,
         sent_tx,
         credit_rx,
-    ));
+    )));
 
     let mut expected: HashMap<String, (Instant, Option<QuietFrame>)> = HashMap::new();
     let mut quiet_seen = Vec::new();
     let mut latency = histogram();
-    let mut stages: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
+    let mut stages: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
     let mut per_second: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
     let (mut received, mut skipped) = (0u64, 0u64);
     let mut last_event = started;
@@ -234,10 +234,19 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
     let prefix = format!("lg{run}-");
     loop {
         tokio::select! {
+            // A frame's record before any event: its event cannot come back first.
+            biased;
             sent = sent_rx.recv(), if sending => match sent {
                 Some(Sent { id, at, quiet }) => { expected.insert(id, (at, quiet)); sent_total += 1; }
                 None => {
                     sending = false;
+                    // A sender that failed (no stream takes the frames, say) ends the run now.
+                    if sender.as_ref().is_some_and(|s| s.is_finished()) {
+                        if let Some(Ok(Err(e))) = sender.take().and_then(futures::FutureExt::now_or_never) {
+                            bar.finish_and_clear();
+                            return Err(e.into());
+                        }
+                    }
                     deadline.as_mut().reset(tokio::time::Instant::now() + options.wait);
                 }
             },
@@ -256,7 +265,7 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
                 let _ = per_second.entry(second).or_insert_with(histogram).record(us.max(1));
                 let t = &event.timings_ms;
                 for (stage, ms) in [("queue", t.queue), ("decode", t.decode), ("infer", t.infer), ("post", t.post), ("total", t.total)] {
-                    let _ = stages.entry(stage.to_string()).or_insert_with(histogram).record(((ms * 1000.0) as u64).max(1));
+                    let _ = stages.entry(stage).or_insert_with(histogram).record(((ms * 1000.0) as u64).max(1));
                 }
                 received += 1;
                 last_event = now;
@@ -272,12 +281,14 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         }
     }
     bar.finish_and_clear();
-    match sender.await {
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => tracing::warn!(error = %e, "the sender task failed"),
-        Ok(Ok(())) => {}
+    if let Some(sender) = sender {
+        match sender.await {
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "the sender task failed"),
+            Ok(Ok(())) => {}
+        }
     }
-    let dropped_after = dropped(config).await;
+    let dropped_after = dropped(&client).await;
     let report = LoadReport {
         mode: match options.load {
             Load::Rate(fps) => format!("{fps} frames/s per camera"),
@@ -305,15 +316,18 @@ pub async fn run(config: &Config, options: &LoadOptions) -> Result<LoadReport, L
         latency_ms: Percentiles::of(&latency),
         stages_ms: stages
             .iter()
-            .map(|(k, h)| (k.clone(), Percentiles::of(h)))
+            .map(|(k, h)| (k.to_string(), Percentiles::of(h)))
             .collect(),
         seconds: per_second
             .iter()
-            .map(|(t, h)| Second {
-                t: *t,
-                events: h.len(),
-                p50_ms: Percentiles::of(h).p50,
-                p99_ms: Percentiles::of(h).p99,
+            .map(|(t, h)| {
+                let p = Percentiles::of(h);
+                Second {
+                    t: *t,
+                    events: h.len(),
+                    p50_ms: p.p50,
+                    p99_ms: p.p99,
+                }
             })
             .collect(),
     };
@@ -373,8 +387,8 @@ impl Frames {
 
 /// Frames vigil dropped so far (the largest count any instance reports: each counts the
 /// stream's drops, not its own); None without a running vigil.
-async fn dropped(config: &Config) -> Option<u64> {
-    let stats = super::status::stats(config, Duration::from_millis(500))
+async fn dropped(client: &async_nats::Client) -> Option<u64> {
+    let stats = super::status::stats_on(client, Duration::from_millis(500))
         .await
         .ok()?;
     stats
@@ -522,22 +536,21 @@ fn chart(
         .y_desc("ms")
         .draw()
         .map_err(|e| fail(&e))?;
-    latency
-        .draw_series(LineSeries::new(
-            seconds.iter().map(|s| (s.t as f64, s.p50_ms)),
-            &BLUE,
-        ))
-        .map_err(|e| fail(&e))?
-        .label("p50")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    latency
-        .draw_series(LineSeries::new(
-            seconds.iter().map(|s| (s.t as f64, s.p99_ms)),
-            &RED,
-        ))
-        .map_err(|e| fail(&e))?
-        .label("p99")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    let p50 = |s: &Second| s.p50_ms;
+    let p99 = |s: &Second| s.p99_ms;
+    for (name, value, colour) in [
+        ("p50", &p50 as &dyn Fn(&Second) -> f64, BLUE),
+        ("p99", &p99, RED),
+    ] {
+        latency
+            .draw_series(LineSeries::new(
+                seconds.iter().map(|s| (s.t as f64, value(s))),
+                &colour,
+            ))
+            .map_err(|e| fail(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
     latency
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

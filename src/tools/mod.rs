@@ -36,6 +36,11 @@ pub enum ToolError {
     NoFrames(PathBuf),
     #[error("NATS: {0}")]
     Nats(#[source] async_nats::Error),
+    #[error("no vigil on this NATS server ({what}): start `vigil serve` against it (it creates the streams and answers requests)")]
+    NoVigil {
+        what: &'static str,
+        source: async_nats::Error,
+    },
     #[error(transparent)]
     Codec(#[from] crate::contract::CodecError),
     #[error("{path} is {size} bytes; the NATS server accepts at most {max_payload} (raise max_payload in nats-server.conf)")]
@@ -77,7 +82,47 @@ pub fn print_text(text: &str) -> bool {
     out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
 }
 
-/// A NATS error of any kind, its source kept.
+/// A NATS error of any kind, its source kept; one that means no vigil runs against this server
+/// (no stream for its subjects, nobody answering its requests) says so.
 pub(crate) fn nats_err(e: impl Into<async_nats::Error>) -> ToolError {
-    ToolError::Nats(e.into())
+    let e = e.into();
+    match missing_vigil(&*e) {
+        Some(what) => ToolError::NoVigil { what, source: e },
+        None => ToolError::Nats(e),
+    }
+}
+
+fn missing_vigil(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(p) = err.downcast_ref::<PublishError>() {
+            if matches!(p.kind(), PublishErrorKind::StreamNotFound) {
+                return Some("no stream stores what was published");
+            }
+        }
+        if let Some(r) = err.downcast_ref::<async_nats::RequestError>() {
+            if matches!(r.kind(), async_nats::RequestErrorKind::NoResponders) {
+                return Some("nothing answers the request");
+            }
+        }
+        let stream_missing = |j: &async_nats::jetstream::Error| {
+            j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        };
+        if err
+            .downcast_ref::<async_nats::jetstream::Error>()
+            .is_some_and(stream_missing)
+        {
+            return Some("a vigil stream is missing");
+        }
+        if let Some(g) = err.downcast_ref::<async_nats::jetstream::context::GetStreamError>() {
+            if let async_nats::jetstream::context::GetStreamErrorKind::JetStream(j) = g.kind() {
+                if stream_missing(&j) {
+                    return Some("a vigil stream is missing");
+                }
+            }
+        }
+        next = err.source();
+    }
+    None
 }

@@ -22,6 +22,14 @@ pub async fn ping(config: &Config, timeout: Duration) -> Result<bool, ToolError>
 /// The stats of every `vigil serve` that answers within `wait`, one JSON document each.
 pub async fn stats(config: &Config, wait: Duration) -> Result<Vec<serde_json::Value>, ToolError> {
     let client = crate::streams::connect(&config.nats).await?;
+    stats_on(&client, wait).await
+}
+
+/// The same, on a connection the caller already has.
+pub async fn stats_on(
+    client: &async_nats::Client,
+    wait: Duration,
+) -> Result<Vec<serde_json::Value>, ToolError> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.map_err(nats_err)?;
     client
