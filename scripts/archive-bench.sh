@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The archive's rates on this machine: archiver events/s with the snapshot writer idle and
-# busy, snapshots/s, replay events/s, re-evaluation events/s (examples/archive_bench.rs).
+# The archive's rates on this machine: plain bulk inserts (Rust driver, pymongo) as the
+# yardstick, archiver events/s with the snapshot writer idle and busy, snapshots/s, replay
+# events/s, re-evaluation events/s (examples/archive_bench.rs).
 # Starts its own nats-server and SecantusDB (durable, on disk) on free ports.
 #   scripts/archive-bench.sh [EVENTS]        (default 20000; PROFILE=dev for a debug build)
 set -euo pipefail
