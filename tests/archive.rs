@@ -6,9 +6,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
 use futures::StreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::Collection;
@@ -25,11 +26,12 @@ use vigil::contract::{
 const CAMERAS: [(&str, &str); 3] = [("s1", "a"), ("s1", "b"), ("s2", "c")];
 
 fn t0() -> DateTime<Utc> {
-    // Recent, so that retention never removes what a test just wrote.
-    "2026-11-26T08:00:00Z"
-        .parse::<DateTime<Utc>>()
-        .unwrap()
-        .max(Utc::now() - ChronoDuration::days(1))
+    // Recent, so that retention never removes what a test just wrote; the same for the whole
+    // run, and in whole seconds, because BSON dates keep milliseconds and events must read back
+    // exactly as they were published.
+    static T0: LazyLock<DateTime<Utc>> =
+        LazyLock::new(|| (Utc::now() - ChronoDuration::days(1)).trunc_subsecs(0));
+    *T0
 }
 
 fn object(id: u32, label: &str, zones: &[&str]) -> ObjectReport {
