@@ -171,7 +171,8 @@ impl Default for StreamsConfig {
 pub struct ProcessorConfig {
     /// Whether `vigil serve` consumes frames.
     pub enabled: bool,
-    /// Frames fetched and in processing at once, per `vigil serve` (0: twice the sessions).
+    /// Frames fetched and in processing at once, per `vigil serve` (0: twice the frames the
+    /// detector can run at once, `sessions × max_batch`).
     pub max_in_flight: usize,
     /// Seconds before an unacknowledged frame is redelivered.
     pub ack_wait_s: u64,
@@ -683,7 +684,7 @@ impl Config {
     /// Frames fetched at once by one processor.
     pub fn max_in_flight(&self) -> usize {
         match self.processor.max_in_flight {
-            0 => self.detector.sessions * 2,
+            0 => self.detector.sessions * self.detector.max_batch * 2,
             n => n,
         }
     }

@@ -268,6 +268,7 @@ impl Pipeline {
                     waited: Duration::ZERO,
                     infer: Duration::ZERO,
                     post: Duration::ZERO,
+                    batch: 0,
                 };
                 let report = contract::MotionReport {
                     change: Some(round4(change)),
@@ -378,9 +379,16 @@ fn prepare(
         width: image.width(),
         height: image.height(),
     };
-    let letterbox =
-        LETTERBOXER.with(|lb| lb.borrow_mut().run(&image, input_w, input_h, &mut tensor))?;
-    let thumbnail = thumbnail.then(|| crate::motion::Thumbnail::of(&image));
+    let (letterbox, thumbnail) = LETTERBOXER.with(|lb| {
+        let mut lb = lb.borrow_mut();
+        let letterbox = lb.run(&image, input_w, input_h, &mut tensor)?;
+        // From the scaled copy the letterbox just made: a fraction of a large frame's pixels.
+        let thumbnail = thumbnail.then(|| {
+            let (rgb, w, h) = lb.scaled(&image, &letterbox);
+            crate::motion::Thumbnail::of_rgb(rgb, w, h)
+        });
+        Ok::<_, vision::VisionError>((letterbox, thumbnail))
+    })?;
     Ok((size, letterbox, tensor, thumbnail))
 }
 

@@ -3,6 +3,8 @@
 //! fp32) against the fp32 one through vigil's pipeline: on the shared images and frames of the
 //! sequence its objects match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
 //! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
+//! Batching: scripts/batch_model.py's copy of the model run with `max_batch` gives each frame
+//! of a batch what it gets alone; a model that takes one frame is refused by name.
 
 mod common;
 
@@ -114,4 +116,102 @@ async fn cuda_where_there_is_none_falls_back_to_the_cpu_and_still_detects() {
         "{:?}",
         event.counts
     );
+}
+
+/// scripts/batch_model.py's copy of the fp32 model, made once into target/tmp.
+fn batch_model() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-batch.onnx");
+    if !out.is_file() {
+        let status = Command::new(".venv/bin/python")
+            .args(["scripts/batch_model.py", "--out"])
+            .arg(&out)
+            .status()
+            .expect("scripts/batch_model.py runs");
+        assert!(status.success(), "scripts/batch_model.py failed");
+    }
+    out
+}
+
+/// Letterboxed tensors of `count` sequence frames.
+fn tensors(count: usize) -> Vec<Vec<f32>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::testdata().join("sequences/vtest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut letterboxer = vigil::vision::Letterboxer::default();
+    files
+        .iter()
+        .step_by(37)
+        .take(count)
+        .map(|path| {
+            let image =
+                vigil::vision::decode(&std::fs::read(path).unwrap(), &Default::default()).unwrap();
+            let mut tensor = Vec::new();
+            letterboxer.run(&image, 640, 640, &mut tensor).unwrap();
+            tensor
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_batched_into_one_run_get_the_detections_they_get_alone() {
+    let frames = tensors(8);
+    let mut config = common::sequence::config();
+    config.detector.model = "models/yolov12n.onnx".into();
+    let alone = vigil::detect::Detector::load(&config.detector).unwrap();
+    let mut expected = Vec::new();
+    for t in &frames {
+        expected.push(alone.detect(t.clone(), None).await.unwrap());
+    }
+    alone.close();
+    assert!(expected.iter().all(|i| i.batch == 1));
+
+    config.detector.model = batch_model();
+    config.detector.max_batch = 4;
+    let batched = vigil::detect::Detector::load(&config.detector).unwrap();
+    assert_eq!(batched.info().batch, None, "the copy takes any batch");
+    // All at once: while the session runs the first frame, the others queue and go in together.
+    let runs =
+        futures::future::join_all(frames.iter().map(|t| batched.detect(t.clone(), None))).await;
+    let runs: Vec<_> = runs.into_iter().map(Result::unwrap).collect();
+    assert!(
+        runs.iter().any(|i| i.batch > 1) && runs.iter().all(|i| i.batch <= 4),
+        "batches {:?}",
+        runs.iter().map(|i| i.batch).collect::<Vec<_>>()
+    );
+    for (got, want) in runs.iter().zip(&expected) {
+        assert_eq!(got.detections.len(), want.detections.len());
+        for (g, w) in got.detections.iter().zip(&want.detections) {
+            assert_eq!(g.class_id, w.class_id);
+            assert!((g.score - w.score).abs() < 1e-3, "{g:?} vs {w:?}");
+            assert!(
+                (g.x1 - w.x1).abs() < 0.05 && (g.y2 - w.y2).abs() < 0.05,
+                "{g:?} vs {w:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn batching_a_model_that_takes_one_frame_is_refused_by_name() {
+    let mut config = common::sequence::config();
+    config.detector.model = "models/yolov12n.onnx".into();
+    config.detector.max_batch = 4;
+    let err = match vigil::detect::Detector::load(&config.detector) {
+        Err(e) => e,
+        Ok(_) => panic!("a fixed-batch model was accepted with max_batch 4"),
+    };
+    assert!(
+        matches!(
+            &err,
+            vigil::detect::DetectError::FixedBatch {
+                batch: 1,
+                max_batch: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("scripts/batch_model.py"), "{err}");
 }

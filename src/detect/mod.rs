@@ -3,7 +3,11 @@
 //!
 //! Each session lives on a thread of its own and takes jobs from one bounded queue, so the
 //! async runtime never blocks on inference and a full queue is back-pressure (or, for
-//! request-reply, `overloaded`). Decoding and NMS are plain functions in [`output`].
+//! request-reply, `overloaded`). With `max_batch` above one (and a model that takes a batch),
+//! a session that comes free takes every job waiting, up to `max_batch`, and runs them as one
+//! batch: frames of several cameras share a model run, which is what keeps a GPU busy. It never
+//! waits for a batch to fill, so a quiet system keeps single-frame latency. Decoding and NMS
+//! are plain functions in [`output`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,6 +54,10 @@ pub struct DetectorConfig {
     pub execution_provider: Provider,
     /// The GPU, for `cuda`.
     pub cuda_device: i32,
+    /// Frames one session runs through the model together at most: those waiting when it comes
+    /// free (it never waits for more). Above 1 the model must take a batch (`[N, 3, H, W]`;
+    /// scripts/batch_model.py makes such a copy of a fixed-batch export).
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +89,7 @@ impl Default for DetectorConfig {
             max_detections: 300,
             execution_provider: Provider::Cpu,
             cuda_device: 0,
+            max_batch: 1,
         }
     }
 }
@@ -108,6 +117,9 @@ impl DetectorConfig {
         if self.max_detections == 0 {
             return Err(("max_detections", "must be at least 1".into()));
         }
+        if !(1..=64).contains(&self.max_batch) {
+            return Err(("max_batch", "must be between 1 and 64".into()));
+        }
         Ok(())
     }
 }
@@ -123,21 +135,36 @@ pub enum DetectError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Shared by every frame of a batch the run failed for.
     #[error("ONNX Runtime: {0}")]
-    Ort(String),
-    #[error("model output has shape {0:?}; expected [1, 4 + classes, anchors]")]
+    Ort(#[source] Arc<ort::Error>),
+    #[error("cannot start a detector thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("model output has shape {0:?}; expected [batch, 4 + classes, anchors]")]
     OutputShape(Vec<i64>),
-    #[error("model input has shape {0:?}; expected [1, 3, height, width]")]
+    #[error("model input has shape {0:?}; expected [batch, 3, height, width]")]
     InputShape(Vec<i64>),
+    #[error("detector.max_batch = {max_batch} needs a model that takes a batch of images, but {} takes {batch} (scripts/batch_model.py writes a copy that does)", model.display())]
+    FixedBatch {
+        model: PathBuf,
+        batch: i64,
+        max_batch: usize,
+    },
     #[error("the detector is shut down")]
     Closed,
     #[error("no detector free within {0:?}")]
     Busy(Duration),
 }
 
-impl<T> From<ort::Error<T>> for DetectError {
-    fn from(e: ort::Error<T>) -> Self {
-        DetectError::Ort(e.to_string())
+impl From<ort::Error> for DetectError {
+    fn from(e: ort::Error) -> Self {
+        DetectError::Ort(Arc::new(e))
+    }
+}
+
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for DetectError {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        DetectError::Ort(Arc::new(e.into()))
     }
 }
 
@@ -151,6 +178,9 @@ pub struct ModelInfo {
     pub class_names: Vec<String>,
     /// Where the sessions run (the configured provider, or `cpu` after a fallback).
     pub provider: Provider,
+    /// The input's batch dimension: a fixed size (exports default to 1), or None when the
+    /// model takes any batch.
+    pub batch: Option<u32>,
 }
 
 impl ModelInfo {
@@ -280,6 +310,8 @@ pub struct Inference {
     pub infer: Duration,
     /// Output decoding and NMS.
     pub post: Duration,
+    /// Frames in the model run that included this one.
+    pub batch: usize,
 }
 
 struct Job {
@@ -327,8 +359,19 @@ impl Detector {
         }
         let mut info = read_model_info(&sessions[0], name, sha256)?;
         info.provider = provider;
+        if config.max_batch > 1 {
+            if let Some(batch) = info.batch {
+                return Err(DetectError::FixedBatch {
+                    model: config.model.clone(),
+                    batch: i64::from(batch),
+                    max_batch: config.max_batch,
+                });
+            }
+        }
         let info = Arc::new(info);
-        let (jobs, queue) = async_channel::bounded(config.sessions);
+        let max_batch = config.max_batch;
+        // Room for a full batch per session to gather while the sessions are busy.
+        let (jobs, queue) = async_channel::bounded(config.sessions * max_batch);
         let buffers = Arc::new(Mutex::new(Vec::new()));
         let threads = sessions
             .into_iter()
@@ -337,11 +380,11 @@ impl Detector {
                 let (queue, info, buffers) = (queue.clone(), info.clone(), buffers.clone());
                 std::thread::Builder::new()
                     .name(format!("vigil-detect-{i}"))
-                    .spawn(move || serve_jobs(session, &info, params, &queue, &buffers))
-                    .map_err(|e| DetectError::Ort(format!("cannot start a detector thread: {e}")))
+                    .spawn(move || serve_jobs(session, &info, params, max_batch, &queue, &buffers))
+                    .map_err(DetectError::Thread)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        tracing::info!(model = %info.name, provider = info.provider.as_str(), sessions = config.sessions, threads = config.threads_per_session, runtime = %library.display(), "detector ready");
+        tracing::info!(model = %info.name, provider = info.provider.as_str(), sessions = config.sessions, threads = config.threads_per_session, max_batch, runtime = %library.display(), "detector ready");
         Ok(Detector {
             info,
             jobs,
@@ -429,6 +472,11 @@ fn read_model_info(
             .ok_or_else(|| DetectError::InputShape(dims.clone()))?,
         _ => return Err(DetectError::InputShape(dims)),
     };
+    // ONNX Runtime reports a symbolic dimension as -1.
+    let batch = dims
+        .first()
+        .and_then(|b| u32::try_from(*b).ok())
+        .filter(|b| *b > 0);
     let out_dims: Vec<i64> = session
         .outputs()
         .first()
@@ -453,6 +501,7 @@ fn read_model_info(
         input_height,
         class_names,
         provider: Provider::Cpu,
+        batch,
     })
 }
 
@@ -460,46 +509,111 @@ fn serve_jobs(
     mut session: Session,
     info: &ModelInfo,
     params: DecodeParams,
+    max_batch: usize,
     queue: &async_channel::Receiver<Job>,
     buffers: &Mutex<Vec<Vec<f32>>>,
 ) {
-    while let Ok(job) = queue.recv_blocking() {
-        let waited = job.submitted.elapsed();
-        let result =
-            run_model(&mut session, info, &params, &job.tensor).map(|(detections, infer, post)| {
-                Inference {
-                    detections,
-                    waited,
-                    infer,
-                    post,
-                }
-            });
-        if let Ok(mut pool) = buffers.lock() {
-            pool.push(job.tensor);
+    let mut stacked = Vec::new();
+    while let Ok(first) = queue.recv_blocking() {
+        let mut jobs = vec![first];
+        // The frames that queued up while this session was busy go in with it; none is
+        // waited for, so a quiet system keeps single-frame latency.
+        while jobs.len() < max_batch {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
         }
-        // The caller may have given up (shutdown, timeout); nobody else wants the result.
-        let _ = job.reply.send(result);
+        let waited: Vec<Duration> = jobs.iter().map(|j| j.submitted.elapsed()).collect();
+        let tensors: Vec<&[f32]> = jobs.iter().map(|j| j.tensor.as_slice()).collect();
+        let results = run_batch(&mut session, info, &params, &tensors, &mut stacked);
+        let batch = jobs.len();
+        for ((job, waited), result) in jobs.into_iter().zip(waited).zip(results) {
+            let result = result.map(|(detections, infer, post)| Inference {
+                detections,
+                waited,
+                infer,
+                post,
+                batch,
+            });
+            if let Ok(mut pool) = buffers.lock() {
+                pool.push(job.tensor);
+            }
+            // The caller may have given up (shutdown, timeout); nobody else wants the result.
+            let _ = job.reply.send(result);
+        }
     }
 }
 
-fn run_model(
+/// Detections of one frame, the model run's time and this frame's decoding time.
+type FrameResult = Result<(Vec<Detection>, Duration, Duration), DetectError>;
+
+/// Runs the model once over `tensors` (one letterboxed frame each) and decodes each frame's
+/// share of the output. One frame goes in as it is; several are stacked into `stacked`.
+fn run_batch(
     session: &mut Session,
     info: &ModelInfo,
     params: &DecodeParams,
-    tensor: &[f32],
-) -> Result<(Vec<Detection>, Duration, Duration), DetectError> {
+    tensors: &[&[f32]],
+    stacked: &mut Vec<f32>,
+) -> Vec<FrameResult> {
     let (w, h) = (info.input_width as usize, info.input_height as usize);
-    if tensor.len() != 3 * w * h {
-        return Err(DetectError::InputShape(vec![tensor.len() as i64]));
+    let per_frame = 3 * w * h;
+    if let Some(bad) = tensors.iter().find(|t| t.len() != per_frame) {
+        // Callers take tensors from the letterboxer, sized from this model: a wrong length is
+        // a bug in vigil, reported for every frame of the batch rather than guessed around.
+        let shape = vec![bad.len() as i64];
+        return each_fails(tensors.len(), || DetectError::InputShape(shape.clone()));
     }
+    let n = tensors.len();
+    let input: &[f32] = match tensors {
+        [one] => one,
+        _ => {
+            stacked.clear();
+            for t in tensors {
+                stacked.extend_from_slice(t);
+            }
+            stacked
+        }
+    };
     let started = Instant::now();
-    let input = TensorRef::from_array_view(([1usize, 3, h, w], tensor))?;
-    let outputs = session.run(ort::inputs![input])?;
+    let run = TensorRef::from_array_view(([n, 3, h, w], input))
+        .and_then(|input| session.run(ort::inputs![input]));
+    let outputs = match run {
+        Ok(outputs) => outputs,
+        Err(e) => {
+            let e = Arc::new(e);
+            return each_fails(n, || DetectError::Ort(e.clone()));
+        }
+    };
     let infer = started.elapsed();
-    let started = Instant::now();
-    let (shape, data) = outputs[0].try_extract_tensor::<f32>()?;
-    let detections = decode_output(shape, data, info.class_names.len(), params)?;
-    Ok((detections, infer, started.elapsed()))
+    let (shape, data) = match outputs[0].try_extract_tensor::<f32>() {
+        Ok(output) => output,
+        Err(e) => {
+            let e = Arc::new(e);
+            return each_fails(n, || DetectError::Ort(e.clone()));
+        }
+    };
+    let dims: Vec<i64> = shape.to_vec();
+    let per_output = data.len() / n.max(1);
+    if dims.first() != Some(&(n as i64)) || data.len() != per_output * n {
+        return each_fails(n, || DetectError::OutputShape(dims.clone()));
+    }
+    let frame_shape: Vec<i64> = std::iter::once(1)
+        .chain(dims[1..].iter().copied())
+        .collect();
+    data.chunks_exact(per_output)
+        .map(|frame| {
+            let started = Instant::now();
+            let detections = decode_output(&frame_shape, frame, info.class_names.len(), params)?;
+            Ok((detections, infer, started.elapsed()))
+        })
+        .collect()
+}
+
+/// The same failure, once for each of a batch's `n` frames.
+fn each_fails(n: usize, error: impl Fn() -> DetectError) -> Vec<FrameResult> {
+    (0..n).map(|_| Err(error())).collect()
 }
 
 #[cfg(test)]
