@@ -30,17 +30,7 @@ for f in basketball1.png building.jpg leuvenA.jpg; do
 done
 avi=$(find "$data" -name 'vtest.avi*' | head -n 1)
 case "$avi" in *.gz) gunzip -c "$avi" > "$work/vtest.avi" ;; *) cp "$avi" "$work/vtest.avi" ;; esac
-.venv/bin/python - "$work/vtest.avi" "$out" <<'PY'
-import sys, cv2
-cap = cv2.VideoCapture(sys.argv[1])
-for i in range(300):
-    ok, frame = cap.read()
-    if not ok:
-        break
-    cv2.imwrite(f"{sys.argv[2]}/sequences/vtest/{i:04d}.jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if i in (0, 100, 200):
-        cv2.imwrite(f"{sys.argv[2]}/images/vtest_f{i:03d}.png", frame)
-PY
+.venv/bin/python scripts/vtest_frames.py "$work/vtest.avi" "$out/sequences/vtest" --count 300 --stills "$out/images" >/dev/null
 
 .venv/bin/python scripts/reference_detect.py models/yolov12n.onnx "$out"/images/* \
   --out-dir "$out/reference/yolov12n" --canvas-dir "$out/reference/canvas640" >/dev/null

@@ -104,9 +104,12 @@ def main():
     prefix = head_prefix(model)
     head = [n.name for n in model.graph.node if n.name.startswith(prefix)]
     print(f"calibrating on {len(calibration)} frames of {args.frames}; head {prefix} ({len(head)} nodes) stays fp32")
+    # Written under another name and renamed at the end: an interrupted run leaves no model
+    # that looks finished (scripts/setup.sh goes by the file's presence and age).
+    partial = args.out + ".partial.onnx"
     quantize_static(
         prepared,
-        args.out,
+        partial,
         Frames(calibration, inp.name, width, height),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
@@ -118,10 +121,11 @@ def main():
     os.remove(prepared)
     # vigil reads the class names and input size from the metadata: keep the original's.
     source = onnx.load(args.model)
-    out = onnx.load(args.out)
+    out = onnx.load(partial)
     del out.metadata_props[:]
     out.metadata_props.extend(source.metadata_props)
-    onnx.save(out, args.out)
+    onnx.save(out, partial)
+    os.replace(partial, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB; fp32 {os.path.getsize(args.model) / 1e6:.1f} MB)")
 
 

