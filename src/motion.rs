@@ -78,32 +78,44 @@ pub struct Thumbnail {
 impl Thumbnail {
     /// The box average of the image's luma over a 160×120 grid (any image size and aspect).
     pub fn of(image: &RgbImage) -> Thumbnail {
-        let (w, h) = (image.width() as usize, image.height() as usize);
-        let mut sums = vec![0u32; THUMB_WIDTH * THUMB_HEIGHT];
-        let mut counts = vec![0u32; THUMB_WIDTH * THUMB_HEIGHT];
-        if w == 0 || h == 0 {
+        Thumbnail::of_rgb(image.as_raw(), image.width(), image.height())
+    }
+
+    /// The same from packed RGB rows. The pipeline passes the letterbox's scaled copy of the
+    /// frame (at most the model's input size) rather than the frame: a 1080p frame then costs
+    /// a fifth of the pixels, and a box average of the scaled copy is the same picture.
+    pub fn of_rgb(rgb: &[u8], width: u32, height: u32) -> Thumbnail {
+        let (w, h) = (width as usize, height as usize);
+        if w == 0 || h == 0 || rgb.len() < w * h * 3 {
             return Thumbnail {
                 pixels: vec![0; THUMB_WIDTH * THUMB_HEIGHT],
             };
         }
         let columns: Vec<usize> = (0..w).map(|x| x * THUMB_WIDTH / w).collect();
-        let raw = image.as_raw();
-        for y in 0..h {
-            let row = (y * THUMB_HEIGHT / h) * THUMB_WIDTH;
-            let line = &raw[y * w * 3..(y + 1) * w * 3];
-            for (rgb, column) in line.chunks_exact(3).zip(&columns) {
+        let mut per_column = [0u32; THUMB_WIDTH];
+        for c in &columns {
+            per_column[*c] += 1;
+        }
+        let mut per_row = [0u32; THUMB_HEIGHT];
+        let mut sums = vec![0u32; THUMB_WIDTH * THUMB_HEIGHT];
+        for (y, line) in rgb.chunks_exact(w * 3).take(h).enumerate() {
+            let row = y * THUMB_HEIGHT / h;
+            per_row[row] += 1;
+            let bins = &mut sums[row * THUMB_WIDTH..(row + 1) * THUMB_WIDTH];
+            for (px, column) in line.chunks_exact(3).zip(&columns) {
                 // BT.601 luma in fixed point.
-                let luma =
-                    (77 * u32::from(rgb[0]) + 150 * u32::from(rgb[1]) + 29 * u32::from(rgb[2]))
-                        >> 8;
-                sums[row + column] += luma;
-                counts[row + column] += 1;
+                bins[*column] +=
+                    (77 * u32::from(px[0]) + 150 * u32::from(px[1]) + 29 * u32::from(px[2])) >> 8;
             }
         }
         let pixels = sums
             .iter()
-            .zip(&counts)
-            .map(|(s, n)| if *n == 0 { 0 } else { (s / n) as u8 })
+            .enumerate()
+            .map(|(i, s)| {
+                // A frame smaller than the thumbnail leaves some bins empty: black.
+                let n = per_row[i / THUMB_WIDTH] * per_column[i % THUMB_WIDTH];
+                s.checked_div(n).unwrap_or(0) as u8
+            })
             .collect();
         Thumbnail { pixels }
     }
