@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # (a) The model alone with vigil's settings (examples/model_alone.rs: letterboxed tensors through
-# vigil's detector pool, 1 and 2 one-thread sessions), then (b) vigil next to (c) the Python
-# baseline (../shared/baseline), both driven by the baseline's own
-# load driver drive.py on the same machine, model and thread budget, one system at a time,
-# each on a fresh nats-server. Prints one JSON line per run and a summary table (medians of
-# REPEATS runs). The archiver is off: the baseline has no database.
+# vigil's detector pool, 1 and 2 one-thread sessions), for the fp32 model and its int8 copy
+# (vigil's default), then (b) vigil with each next to (c) the Python baseline
+# (../shared/baseline, which ships with the fp32 model; also run with the int8 one), all driven by the baseline's own load driver
+# drive.py on the same machine and thread budget, one system at a time, each on a fresh
+# nats-server. Prints one JSON line per run and a summary table (medians of REPEATS runs). The
+# archiver is off: the baseline has no database. Last, (d) what vigil.analyze adds over calling
+# the pipeline in process.
 #   scripts/bench.sh [COUNT] [REPEATS] [INFLIGHT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +18,18 @@ baseline=${BASELINE_DIR:-../shared/baseline}
 frames=$(sequence_dir)
 scripts/setup.sh
 cargo build --release --quiet
-cargo build --release --quiet --example model_alone
-model_fps() { target/release/examples/model_alone "$1" "$count" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
-model1=$(model_fps 1)
-model2=$(model_fps 2)
-echo "{\"system\": \"model alone\", \"sessions\": 1, \"frames_per_s\": $model1}"
-echo "{\"system\": \"model alone\", \"sessions\": 2, \"frames_per_s\": $model2}"
+cargo build --release --quiet --example model_alone --example analyze_overhead
+fp32=models/yolov12n.onnx
+int8=models/yolov12n-int8.onnx
+# model_fps SESSIONS MODEL
+model_fps() { target/release/examples/model_alone "$1" "$count" 1 "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
+declare -A alone
+for m in fp32 int8; do
+  for n in 1 2; do
+    alone[$m$n]=$(model_fps "$n" "${!m}")
+    echo "{\"system\": \"model alone\", \"model\": \"$m\", \"sessions\": $n, \"frames_per_s\": ${alone[$m$n]}}"
+  done
+done
 if [ ! -x .venv-baseline/bin/python ]; then
   python3 -m venv .venv-baseline
   .venv-baseline/bin/pip install -q onnxruntime pillow numpy nats-py msgpack
@@ -50,41 +58,59 @@ measure() {
   stop_all
 }
 
-vigil_serve() { # SESSIONS THREADS
+vigil_serve() { # SESSIONS THREADS MODEL
   VIGIL_NATS__URL=$NATS_URL VIGIL_ARCHIVE__ENABLED=false VIGIL_SERVICE__ENABLED=false \
-  VIGIL_DETECTOR__SESSIONS=$1 VIGIL_DETECTOR__THREADS_PER_SESSION=$2 exec target/release/vigil serve
+  VIGIL_DETECTOR__SESSIONS=$1 VIGIL_DETECTOR__THREADS_PER_SESSION=$2 VIGIL_DETECTOR__MODEL=$3 \
+  exec target/release/vigil serve
 }
-py_workers() { # PROCESSES THREADS
-  for _ in $(seq 1 "$1"); do "$py" "$baseline/py_worker.py" --nats "$NATS_URL" --model models/yolov12n.onnx --threads "$2" & done
+py_workers() { # PROCESSES THREADS MODEL
+  for _ in $(seq 1 "$1"); do "$py" "$baseline/py_worker.py" --nats "$NATS_URL" --model "$3" --threads "$2" & done
   wait
 }
 export -f vigil_serve py_workers
-export py baseline
+export py baseline fp32 int8
 
-READY="processor started" measure "vigil 1 session x 1 thread" bash -c 'vigil_serve 1 1'
-READY="py_worker ready" measure "python 1 worker x 1 thread" bash -c 'py_workers 1 1'
-READY="processor started" measure "vigil 2 sessions x 1 thread" bash -c 'vigil_serve 2 1'
-READY="py_worker ready" measure "python 2 workers x 1 thread" bash -c 'py_workers 2 1'
-READY="py_worker ready" measure "python 1 worker x 2 threads" bash -c 'py_workers 1 2'
+READY="processor started" measure "vigil fp32 1 session x 1 thread" bash -c 'vigil_serve 1 1 $fp32'
+READY="processor started" measure "vigil int8 1 session x 1 thread" bash -c 'vigil_serve 1 1 $int8'
+READY="py_worker ready" measure "python fp32 1 worker x 1 thread" bash -c 'py_workers 1 1 $fp32'
+READY="processor started" measure "vigil fp32 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $fp32'
+READY="processor started" measure "vigil int8 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $int8'
+READY="py_worker ready" measure "python fp32 2 workers x 1 thread" bash -c 'py_workers 2 1 $fp32'
+READY="py_worker ready" measure "python fp32 1 worker x 2 threads" bash -c 'py_workers 1 2 $fp32'
+# The baseline given vigil's int8 model, in its best configuration above (two workers).
+READY="py_worker ready" measure "python int8 2 workers x 1 thread" bash -c 'py_workers 2 1 $int8'
 
-python3 - "$run/results.jsonl" "$count" "$inflight" "$model1" "$model2" <<'PY'
+# (d) What vigil.analyze adds over the pipeline in process (examples/analyze_overhead.rs).
+p=$(free_port)
+rm -rf "$run/js"; setsid "$(nats_bin)" -a 127.0.0.1 -p "$p" -js -sd "$run/js" >/dev/null 2>&1 & pids+=($!)
+wait_port "$p" nats-server
+overhead=$(target/release/examples/analyze_overhead "nats://127.0.0.1:$p" 100)
+echo "$overhead"
+stop_all
+
+python3 - "$run/results.jsonl" "$count" "$inflight" "${alone[fp321]}" "${alone[fp322]}" "${alone[int81]}" "${alone[int82]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-model = {1: float(sys.argv[4]), 2: float(sys.argv[5])}
+model = {("fp32", 1): float(sys.argv[4]), ("fp32", 2): float(sys.argv[5]),
+         ("int8", 1): float(sys.argv[6]), ("int8", 2): float(sys.argv[7])}
 systems = list(dict.fromkeys(r["system"] for r in rows))
 print(f"\n{sys.argv[2]} frames of the vtest sequence per run, closed loop with {sys.argv[3]} in flight; medians of runs")
-print(f"{'system':<30} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'lost':>5}")
+print(f"{'system':<34} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'lost':>5}")
+for (m, n), fps in model.items():
+    print(f"{f'model alone {m} {n} session' + ('s' if n > 1 else ''):<34} {fps:>9.2f}")
 for s in systems:
     d = [r["data"] for r in rows if r["system"] == s]
     med = lambda k: statistics.median(x[k] for x in d)
-    print(f"{s:<30} {med('throughput_fps'):>9.2f} {med('p50_ms'):>8.1f} {med('p95_ms'):>8.1f} {sum(x['lost'] for x in d):>5}")
+    print(f"{s:<34} {med('throughput_fps'):>9.2f} {med('p50_ms'):>8.1f} {med('p95_ms'):>8.1f} {sum(x['lost'] for x in d):>5}")
 fps = {s: statistics.median(r["data"]["throughput_fps"] for r in rows if r["system"] == s) for s in systems}
-print(f"\nmodel alone: {model[1]:.2f} frames/s with 1 session, {model[2]:.2f} with 2 (vigil's detector pool, tensors ready)")
-for n in (1, 2):
-    name = f"vigil {n} session{'s' if n > 1 else ''} x 1 thread"
+print()
+for (m, n), alone in model.items():
+    name = f"vigil {m} {n} session{'s' if n > 1 else ''} x 1 thread"
     if name in fps:
-        print(f"{name}: {fps[name] / model[n]:.2f} x the model alone with the same sessions")
-vigil = max(v for k, v in fps.items() if k.startswith("vigil"))
-python = max(v for k, v in fps.items() if k.startswith("python"))
-print(f"best vigil / best Python baseline: {vigil / python:.2f} x")
+        print(f"{name}: {fps[name] / alone:.2f} x the model alone ({m}, same sessions)")
+best = lambda prefix: max(v for k, v in fps.items() if k.startswith(prefix))
+print(f"best vigil fp32 / best Python fp32 (the baseline as it is): {best('vigil fp32') / best('python fp32'):.2f} x")
+print(f"best vigil int8 / best Python fp32 (the baseline as it is): {best('vigil int8') / best('python fp32'):.2f} x")
+print(f"best vigil int8 / Python int8 (the baseline given the same model): {best('vigil int8') / best('python int8'):.2f} x")
 PY
+python3 -c 'import json, sys; o = json.loads(sys.argv[1]); print(f"vigil.analyze adds {o[\"added_p50_ms\"]:.2f} ms at p50 over the pipeline in process ({o[\"analyze_p50_ms\"]:.1f} vs {o[\"in_process_p50_ms\"]:.1f} ms, {o[\"frames\"]} frames)")' "$overhead"
