@@ -6,6 +6,7 @@
 # Sets up what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 scripts/setup.sh
 
 run=$(mktemp -d)
@@ -38,8 +39,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast "$@" || status=$?
 fi
+# The benchmarks and measuring examples, once and briefly, so that they keep working: criterion
+# runs each benchmark once in test mode; nothing here is timed or fails on a time.
+cargo test --locked --quiet --bench micro || status=$?
+cargo test --locked --quiet --bench stages -- "$(sequence_dir)" 3 >/dev/null || status=$?
+cargo build --quiet --examples
+target/debug/examples/model_alone 1 4 >/dev/null || status=$?
 # The tracker against MOTChallenge ground truth, next to trackforge's ByteTrack, scored by
 # motmetrics: fails when our IDF1 on TUD-Stadtmitte is below 0.85.
-cargo build --quiet --examples
 TRACKER_EXAMPLES_DIR=target/debug/examples .venv/bin/python scripts/eval_tracker.py --check --seeds 3 || status=$?
 exit "$status"
