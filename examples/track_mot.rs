@@ -158,9 +158,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => TrackerConfig::default(),
     };
-    if let Err((field, problem)) = config.validate() {
-        bail!("tracker config: {field} {problem}");
-    }
+    config.validate().context("tracker config")?;
     let frames = read_detections(&args.detections)?;
     let mut out = results_writer(args.output.as_deref())?;
     let mut tracker = Tracker::new(config);

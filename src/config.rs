@@ -29,6 +29,41 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// A value a section of the configuration refuses: its key within the section, and why.
+/// [`Invalid::within`] puts the section's name in front of the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same refusal, its key inside `section` (`detector` + `sessions` → `detector.sessions`).
+    pub fn within(self, section: &str) -> Self {
+        Invalid {
+            key: format!("{section}.{}", self.key),
+            message: self.message,
+        }
+    }
+}
+
+impl From<Invalid> for ConfigError {
+    fn from(e: Invalid) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        }
+    }
+}
+
 impl ConfigError {
     fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
         ConfigError::Invalid {
@@ -531,28 +566,18 @@ impl Config {
                 "a password_file needs a username",
             ));
         }
-        self.detector
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("detector.{key}"), msg))?;
-        self.vision
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("vision.{key}"), msg))?;
-        self.risk
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("risk.{key}"), msg))?;
+        self.detector.validate().map_err(|e| e.within("detector"))?;
+        self.vision.validate().map_err(|e| e.within("vision"))?;
+        self.risk.validate().map_err(|e| e.within("risk"))?;
         self.archive
             .snapshots
             .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("archive.snapshots.{key}"), msg))?;
+            .map_err(|e| e.within("archive.snapshots"))?;
         self.situations
             .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("situations.{key}"), msg))?;
-        self.scene
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("scene.{key}"), msg))?;
-        self.motion
-            .validate()
-            .map_err(|(key, msg)| ConfigError::invalid(format!("motion.{key}"), msg))?;
+            .map_err(|e| e.within("situations"))?;
+        self.scene.validate().map_err(|e| e.within("scene"))?;
+        self.motion.validate().map_err(|e| e.within("motion"))?;
         self.validate_cameras()
     }
 
@@ -576,7 +601,7 @@ impl Config {
             }
             camera
                 .ground_model()
-                .map_err(|(field, e)| ConfigError::invalid(key(field), e))?;
+                .map_err(|e| e.within(&format!("cameras[{i}]")))?;
             let mut zone_ids = HashSet::new();
             for (j, zone) in camera.zones.iter().enumerate() {
                 let zkey = |field: &str| format!("cameras[{i}].zones[{j}].{field}");
@@ -646,7 +671,7 @@ impl Config {
             rules
                 .rules
                 .validate()
-                .map_err(|(k, m)| ConfigError::invalid(key(&format!("rules.{k}")), m))?;
+                .map_err(|e| e.within(&format!("cameras[{i}].rules")))?;
             // Ground-metre zones need ground metres: a calibration, or an origin (drones).
             let has_ground = !camera.calibration.is_empty()
                 || camera.homography.is_some()
@@ -710,7 +735,7 @@ impl Config {
                 }
                 Ok(Some(_)) => "homography given as a matrix".to_string(),
                 Ok(None) => "no ground calibration: objects get no ground position".to_string(),
-                Err((field, e)) => format!("{field}: {e}"),
+                Err(e) => e.to_string(),
             };
             out.push_str(&format!(
                 "# {}/{} ({}): {report}; {} zone(s)\n",
@@ -772,21 +797,23 @@ pub fn mask_userinfo(url: &str) -> String {
 impl CameraConfig {
     /// The camera's image→ground homography, if it has a calibration or a matrix. The error
     /// names the offending field.
-    pub fn ground_model(&self) -> Result<Option<Homography>, (&'static str, String)> {
+    pub fn ground_model(&self) -> Result<Option<Homography>, Invalid> {
         if let Some(origin) = &self.origin {
-            origin.validate().map_err(|e| ("origin", e.to_string()))?;
+            origin
+                .validate()
+                .map_err(|e| Invalid::new("origin", e.to_string()))?;
         }
         match (&self.homography, self.calibration.is_empty()) {
-            (Some(_), false) => Err((
+            (Some(_), false) => Err(Invalid::new(
                 "homography",
-                "give either calibration or homography, not both".into(),
+                "give either calibration or homography, not both",
             )),
             (Some(rows), true) => Homography::from_matrix(*rows)
                 .map(Some)
-                .map_err(|e| ("homography", e.to_string())),
+                .map_err(|e| Invalid::new("homography", e.to_string())),
             (None, false) => Homography::fit(&self.calibration)
                 .map(Some)
-                .map_err(|e| ("calibration", e.to_string())),
+                .map_err(|e| Invalid::new("calibration", e.to_string())),
             (None, true) => Ok(None),
         }
     }

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Invalid;
 use crate::contract::ImageSize;
 use crate::detect::Detection;
 
@@ -52,17 +53,17 @@ impl Default for MotionConfig {
 }
 
 impl MotionConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(0.0..=1.0).contains(&self.min_change) {
-            return Err((
-                "min_change".into(),
-                "must be 0–1 (a share of pixels)".into(),
+            return Err(Invalid::new(
+                "min_change",
+                "must be 0–1 (a share of pixels)",
             ));
         }
         if !(self.refresh_s.is_finite() && self.refresh_s > 0.0 && self.refresh_s <= 3600.0) {
-            return Err((
-                "refresh_s".into(),
-                "must be above 0 and at most 3600".into(),
+            return Err(Invalid::new(
+                "refresh_s",
+                "must be above 0 and at most 3600",
             ));
         }
         Ok(())

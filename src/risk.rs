@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Invalid;
 use crate::contract::{Level, ObjectReport, ZoneReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,7 +106,7 @@ impl Default for RiskPolicy {
 }
 
 impl RiskPolicy {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let l = &self.levels;
         if !(l.low >= 1
             && l.low < l.medium
@@ -113,9 +114,9 @@ impl RiskPolicy {
             && l.high < l.critical
             && l.critical <= 100)
         {
-            return Err((
+            return Err(Invalid::new(
                 "levels",
-                "thresholds must rise strictly: 1 ≤ low < medium < high < critical ≤ 100".into(),
+                "thresholds must rise strictly: 1 ≤ low < medium < high < critical ≤ 100",
             ));
         }
         if let Some((label, _)) = self
@@ -123,7 +124,7 @@ impl RiskPolicy {
             .iter()
             .find(|(_, w)| !w.is_finite() || **w < 0.0)
         {
-            return Err((
+            return Err(Invalid::new(
                 "class_weights",
                 format!("weight of {label:?} must be a finite number ≥ 0"),
             ));
@@ -138,7 +139,7 @@ impl RiskPolicy {
                 || kind.density_weight < 0.0
                 || bad_limit
             {
-                return Err((
+                return Err(Invalid::new(
                     "zone_kinds",
                     format!("kind {name:?}: weights must be finite and ≥ 0, density limit > 0"),
                 ));
@@ -537,9 +538,9 @@ mod tests {
     fn validation_rejects_unordered_levels_and_negative_weights() {
         let mut p = RiskPolicy::default();
         p.levels.high = 20;
-        assert_eq!(p.validate().unwrap_err().0, "levels");
+        assert_eq!(p.validate().unwrap_err().key, "levels");
         let mut p = RiskPolicy::default();
         p.class_weights.insert("person".into(), -1.0);
-        assert_eq!(p.validate().unwrap_err().0, "class_weights");
+        assert_eq!(p.validate().unwrap_err().key, "class_weights");
     }
 }

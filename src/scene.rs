@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CameraConfig, Config, ConfigError};
+use crate::config::{CameraConfig, Config, ConfigError, Invalid};
 use crate::contract::{
     BBox, GeoPosition, GroundPosition, ImageSize, NoGround, ObjectReport, Pose, PoseError,
     ZoneReport,
@@ -60,7 +60,7 @@ impl Default for SceneConfig {
 }
 
 impl SceneConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let e = &self.pose_error;
         let values = [
             ("pixel_error_px", self.pixel_error_px),
@@ -73,7 +73,7 @@ impl SceneConfig {
         ];
         for (key, value) in values {
             if !(value.is_finite() && value >= 0.0) {
-                return Err((key, "must be a finite number ≥ 0".into()));
+                return Err(Invalid::new(key, "must be a finite number ≥ 0"));
             }
         }
         Ok(())
@@ -118,10 +118,7 @@ impl Cameras {
         for (i, c) in config.cameras.iter().enumerate() {
             cameras.insert(
                 (c.site.clone(), c.id.clone()),
-                camera(c, &config.scene).map_err(|(field, message)| ConfigError::Invalid {
-                    key: format!("cameras[{i}].{field}"),
-                    message,
-                })?,
+                camera(c, &config.scene).map_err(|e| e.within(&format!("cameras[{i}]")))?,
             );
         }
         Ok(Cameras {
@@ -230,7 +227,7 @@ impl Cameras {
     }
 }
 
-fn camera(c: &CameraConfig, defaults: &SceneConfig) -> Result<Camera, (&'static str, String)> {
+fn camera(c: &CameraConfig, defaults: &SceneConfig) -> Result<Camera, Invalid> {
     let homography = c.ground_model()?;
     let origin = c.origin;
     let zones = c
@@ -239,9 +236,10 @@ fn camera(c: &CameraConfig, defaults: &SceneConfig) -> Result<Camera, (&'static 
         .map(|z| {
             let ground = match z.polygon.is_empty() {
                 true => None,
-                false => {
-                    Some(Polygon::new(z.polygon.clone()).map_err(|e| ("zones", e.to_string()))?)
-                }
+                false => Some(
+                    Polygon::new(z.polygon.clone())
+                        .map_err(|e| Invalid::new("zones", e.to_string()))?,
+                ),
             };
             Ok(Zone {
                 id: z.id.clone(),
@@ -251,7 +249,7 @@ fn camera(c: &CameraConfig, defaults: &SceneConfig) -> Result<Camera, (&'static 
                 geo: (!z.polygon_geo.is_empty()).then(|| z.polygon_geo.clone()),
             })
         })
-        .collect::<Result<Vec<_>, (&'static str, String)>>()?;
+        .collect::<Result<Vec<_>, Invalid>>()?;
     Ok(Camera {
         name: c.display_name().to_string(),
         homography,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::config::Invalid;
 use crate::contract::ModelRef;
 
 mod output;
@@ -96,30 +97,36 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=64).contains(&self.sessions) {
-            return Err(("sessions", "must be between 1 and 64".into()));
+            return Err(Invalid::new("sessions", "must be between 1 and 64"));
         }
         if !(1..=64).contains(&self.threads_per_session) {
-            return Err(("threads_per_session", "must be between 1 and 64".into()));
+            return Err(Invalid::new(
+                "threads_per_session",
+                "must be between 1 and 64",
+            ));
         }
         if !(self.confidence > 0.0 && self.confidence < 1.0) {
-            return Err(("confidence", "must be between 0 and 1 (exclusive)".into()));
+            return Err(Invalid::new(
+                "confidence",
+                "must be between 0 and 1 (exclusive)",
+            ));
         }
         if !(self.track_confidence > 0.0 && self.track_confidence <= self.confidence) {
-            return Err((
+            return Err(Invalid::new(
                 "track_confidence",
-                "must be greater than 0 and at most confidence".into(),
+                "must be greater than 0 and at most confidence",
             ));
         }
         if !(self.iou > 0.0 && self.iou <= 1.0) {
-            return Err(("iou", "must be in (0, 1]".into()));
+            return Err(Invalid::new("iou", "must be in (0, 1]"));
         }
         if self.max_detections == 0 {
-            return Err(("max_detections", "must be at least 1".into()));
+            return Err(Invalid::new("max_detections", "must be at least 1"));
         }
         if !(1..=64).contains(&self.max_batch) {
-            return Err(("max_batch", "must be between 1 and 64".into()));
+            return Err(Invalid::new("max_batch", "must be between 1 and 64"));
         }
         Ok(())
     }

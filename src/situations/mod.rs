@@ -20,7 +20,7 @@ pub mod rules;
 pub mod stage;
 pub mod track;
 
-use crate::config::Config;
+use crate::config::{Config, Invalid};
 use camera::CameraRules;
 use rules::RulesConfig;
 use track::TrackerConfig;
@@ -72,8 +72,8 @@ impl Default for SituationsConfig {
 }
 
 impl SituationsConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let err = |k: &str, m: &str| Err(Invalid::new(k, m));
         if self.failover_timeout_s == 0 || self.ack_wait_s == 0 || self.silence_s == 0 {
             return err(
                 "failover_timeout_s",
@@ -88,12 +88,8 @@ impl SituationsConfig {
                 return err(key, "must be a finite number ≥ 0");
             }
         }
-        self.tracker
-            .validate()
-            .map_err(|(k, m)| (format!("tracker.{k}"), m))?;
-        self.rules
-            .validate()
-            .map_err(|(k, m)| (format!("rules.{k}"), m))
+        self.tracker.validate().map_err(|e| e.within("tracker"))?;
+        self.rules.validate().map_err(|e| e.within("rules"))
     }
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::track::{Track, TrackState};
+use crate::config::Invalid;
 use crate::contract::{AlertZone, GroundPosition, Level, ObjectReport, RiskEvent};
 
 const VEHICLES: [&str; 4] = ["car", "motorcycle", "bus", "truck"];
@@ -240,7 +241,7 @@ impl Default for StationaryRule {
 }
 
 impl RulesConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let non_negative = [
             ("intrusion.min_duration_s", self.intrusion.min_duration_s),
             ("loitering.dwell_s", self.loitering.dwell_s),
@@ -269,7 +270,7 @@ impl RulesConfig {
         ];
         for (key, value) in non_negative {
             if !(value.is_finite() && value >= 0.0) {
-                return Err((key, "must be a finite number ≥ 0".into()));
+                return Err(Invalid::new(key, "must be a finite number ≥ 0"));
             }
         }
         if self
@@ -278,7 +279,7 @@ impl RulesConfig {
             .iter()
             .any(|t| !(t.density_per_m2.is_finite() && t.density_per_m2 > 0.0))
         {
-            return Err(("crowd.tiers", "densities must be > 0".into()));
+            return Err(Invalid::new("crowd.tiers", "densities must be > 0"));
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use nalgebra::{SMatrix, SVector};
 use pathfinding::prelude::{kuhn_munkres, Matrix};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Invalid;
 use crate::contract::{BBox, GroundPosition, ObjectReport};
 
 /// A box velocity prior, in box heights per second: the first match of a track says where
@@ -113,32 +114,44 @@ impl Default for TrackerConfig {
 }
 
 impl TrackerConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(self.high_score > 0.0 && self.high_score <= 1.0) {
-            return Err(("high_score", "must be in (0, 1]".into()));
+            return Err(Invalid::new("high_score", "must be in (0, 1]"));
         }
         if !(self.low_score >= 0.0 && self.low_score <= self.high_score) {
-            return Err(("low_score", "must be between 0 and high_score".into()));
+            return Err(Invalid::new(
+                "low_score",
+                "must be between 0 and high_score",
+            ));
         }
         if !(self.new_track_score >= self.high_score && self.new_track_score <= 1.0) {
-            return Err(("new_track_score", "must be between high_score and 1".into()));
+            return Err(Invalid::new(
+                "new_track_score",
+                "must be between high_score and 1",
+            ));
         }
         if !(self.min_iou > 0.0 && self.min_iou < 1.0) {
-            return Err(("min_iou", "must be between 0 and 1 (exclusive)".into()));
+            return Err(Invalid::new(
+                "min_iou",
+                "must be between 0 and 1 (exclusive)",
+            ));
         }
         if !(self.min_iou_low >= self.min_iou && self.min_iou_low < 1.0) {
-            return Err(("min_iou_low", "must be between min_iou and 1".into()));
+            return Err(Invalid::new("min_iou_low", "must be between min_iou and 1"));
         }
         positive("ground_gate_m", self.ground_gate_m)?;
         positive("ground_gate_low_m", self.ground_gate_low_m)?;
         if self.ground_gate_low_m > self.ground_gate_m {
-            return Err(("ground_gate_low_m", "must not exceed ground_gate_m".into()));
+            return Err(Invalid::new(
+                "ground_gate_low_m",
+                "must not exceed ground_gate_m",
+            ));
         }
         if !(self.max_lost_s >= 0.0 && self.max_lost_s.is_finite()) {
-            return Err(("max_lost_s", "must be 0 or more seconds".into()));
+            return Err(Invalid::new("max_lost_s", "must be 0 or more seconds"));
         }
         if self.min_hits == 0 {
-            return Err(("min_hits", "must be at least 1".into()));
+            return Err(Invalid::new("min_hits", "must be at least 1"));
         }
         positive("pixel_noise", self.pixel_noise)?;
         positive("pixel_accel", self.pixel_accel)?;
@@ -148,11 +161,11 @@ impl TrackerConfig {
     }
 }
 
-fn positive(field: &'static str, value: f64) -> Result<(), (&'static str, String)> {
+fn positive(field: &'static str, value: f64) -> Result<(), Invalid> {
     if value > 0.0 && value.is_finite() {
         Ok(())
     } else {
-        Err((field, "must be a positive number".into()))
+        Err(Invalid::new(field, "must be a positive number"))
     }
 }
 
@@ -1146,7 +1159,7 @@ mod tests {
         for (field, spoil) in cases {
             let mut config = TrackerConfig::default();
             spoil(&mut config);
-            assert_eq!(config.validate().map_err(|e| e.0), Err(field));
+            assert_eq!(config.validate().map_err(|e| e.key), Err(field.to_string()));
         }
     }
 

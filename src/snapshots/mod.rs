@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Invalid};
 use crate::contract::{Level, RiskEvent};
 use crate::scene::Cameras;
 
@@ -92,21 +92,21 @@ impl Default for SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=100).contains(&self.jpeg_quality) {
-            return Err(("jpeg_quality".into(), "must be 1–100".into()));
+            return Err(Invalid::new("jpeg_quality", "must be 1–100"));
         }
         if !(self.min_interval_s.is_finite() && self.min_interval_s >= 0.0) {
-            return Err(("min_interval_s".into(), "must be a number ≥ 0".into()));
+            return Err(Invalid::new("min_interval_s", "must be a number ≥ 0"));
         }
         if self.queue == 0 {
-            return Err(("queue".into(), "must be at least 1".into()));
+            return Err(Invalid::new("queue", "must be at least 1"));
         }
         if self.recent_mb > 4096 {
-            return Err(("recent_mb".into(), "must be 0–4096".into()));
+            return Err(Invalid::new("recent_mb", "must be 0–4096"));
         }
         if !crate::contract::is_token(&self.bucket) {
-            return Err(("bucket".into(), "must be [A-Za-z0-9_-]{1,64}".into()));
+            return Err(Invalid::new("bucket", "must be [A-Za-z0-9_-]{1,64}"));
         }
         Ok(())
     }

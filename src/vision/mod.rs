@@ -12,6 +12,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::{ImageFormat, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Invalid;
 use crate::contract::ErrorCode;
 
 mod jpeg;
@@ -47,24 +48,26 @@ impl Default for ImageLimits {
 }
 
 impl ImageLimits {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_bytes == 0 {
-            return Err(("max_bytes", "must be greater than 0".into()));
+            return Err(Invalid::new("max_bytes", "must be greater than 0"));
         }
         if self.max_pixels == 0 {
-            return Err(("max_pixels", "must be greater than 0".into()));
+            return Err(Invalid::new("max_pixels", "must be greater than 0"));
         }
         if self.max_side == 0 {
-            return Err(("max_side", "must be greater than 0".into()));
+            return Err(Invalid::new("max_side", "must be greater than 0"));
         }
         if self.max_pixels > u64::from(u32::MAX) {
-            return Err(("max_pixels", format!("must be at most {}", u32::MAX)));
+            return Err(Invalid::new(
+                "max_pixels",
+                format!("must be at most {}", u32::MAX),
+            ));
         }
         if self.max_decoded_pixels_in_flight < self.max_pixels {
-            return Err((
+            return Err(Invalid::new(
                 "max_decoded_pixels_in_flight",
-                "must be at least max_pixels, or the largest accepted image could never decode"
-                    .into(),
+                "must be at least max_pixels, or the largest accepted image could never decode",
             ));
         }
         Ok(())
