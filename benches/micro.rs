@@ -11,7 +11,6 @@
 //! finds it), so output decoding is timed on the anchors and scores the model really gives.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -44,14 +43,7 @@ fn fixture() -> &'static Fixture {
 
 fn build() -> anyhow::Result<Fixture> {
     let config = Config::from_toml(include_str!("../config/vigil.toml"))?;
-    let dir = [
-        "../shared/testdata/sequences/vtest",
-        "testdata/sequences/vtest",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_dir())
-    .ok_or_else(|| anyhow::anyhow!("the vtest sequence (scripts/setup.sh)"))?;
+    let dir = vigil::tools::play::sequence_dir();
     // A frame with people in the plaza and on the crossing line.
     let jpeg_576 = std::fs::read(dir.join("0100.jpg"))?;
     let image_576 = vision::decode(&jpeg_576, &config.vision)?;

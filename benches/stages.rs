@@ -34,16 +34,10 @@ async fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let dir = args.first().map(PathBuf::from).unwrap_or_else(|| {
-        [
-            "../shared/testdata/sequences/vtest",
-            "testdata/sequences/vtest",
-        ]
-        .iter()
+    let dir = args
+        .first()
         .map(PathBuf::from)
-        .find(|p| p.is_dir())
-        .unwrap_or_default()
-    });
+        .unwrap_or_else(vigil::tools::play::sequence_dir);
     let count: usize = args
         .get(1)
         .and_then(|c| c.parse().ok())

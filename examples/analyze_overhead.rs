@@ -43,14 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let pipeline = Pipeline::new(&config, vigil::detect::Detector::load(&config.detector)?)?;
     let client = vigil::streams::connect(&config.nats).await?;
 
-    let dir = [
-        "../shared/testdata/sequences/vtest",
-        "testdata/sequences/vtest",
-    ]
-    .into_iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.is_dir())
-    .context("the vtest sequence (scripts/setup.sh)")?;
+    let dir = vigil::tools::play::sequence_dir();
     let files = vigil::tools::play::frame_files(&dir)?;
     let origin = Origin {
         site: "demo",

@@ -338,18 +338,7 @@ async fn archive_rate(
 }
 
 fn sequence_frames() -> anyhow::Result<Vec<Vec<u8>>> {
-    let dir = [
-        "../shared/testdata/sequences/vtest",
-        "testdata/sequences/vtest",
-    ]
-    .iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.is_dir())
-    .context("the vtest sequence (scripts/setup.sh)")?;
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
+    let files = vigil::tools::play::frame_files(&vigil::tools::play::sequence_dir())?;
     Ok(files.iter().filter_map(|p| std::fs::read(p).ok()).collect())
 }
 

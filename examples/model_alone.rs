@@ -33,19 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let in_flight = 2 * sessions * max_batch;
     let detector = Detector::load(&config.detector)?;
     let (w, h) = (detector.info().input_width, detector.info().input_height);
-    let dir = [
-        "../shared/testdata/sequences/vtest",
-        "testdata/sequences/vtest",
-    ]
-    .into_iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.is_dir())
-    .ok_or_else(|| anyhow::anyhow!("no vtest sequence"))?;
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = vigil::tools::play::frame_files(&vigil::tools::play::sequence_dir())?;
     let mut letterboxer = Letterboxer::default();
     let mut tensors = Vec::new();
     for path in files.iter().cycle().take(count) {

@@ -80,9 +80,10 @@ enum Command {
     /// Load test: publish a folder of frames as N cameras (fixed rate per camera, or closed
     /// loop), then report throughput, latency percentiles, losses, drops and stage timings.
     Loadgen {
-        /// Frames to send (default: the CCTV test sequence).
-        #[arg(long, default_value = "../shared/testdata/sequences/vtest")]
-        frames: PathBuf,
+        /// Frames to send (default: the CCTV test sequence, ../shared/testdata/sequences/vtest
+        /// or, where that is absent, testdata/sequences/vtest as scripts/setup.sh makes it).
+        #[arg(long)]
+        frames: Option<PathBuf>,
         #[arg(long, default_value_t = 4)]
         cameras: usize,
         /// Fleet mode: this many of the cameras are quiet (a still view with noise, lighting
@@ -469,7 +470,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--quiet {quiet} is more than --cameras {cameras}");
             }
             let options = LoadOptions {
-                frames,
+                frames: frames.unwrap_or_else(vigil::tools::play::sequence_dir),
                 site,
                 cameras,
                 quiet,

@@ -15,6 +15,17 @@ use super::{nats_err, ToolError};
 use crate::config::Config;
 use crate::contract::{self, subjects, Encoding, Frame, RiskEvent};
 
+/// The CCTV test sequence: the shared test data beside the checkout when it is there, else the
+/// copy scripts/setup.sh rebuilds in `testdata/` (relative to the working directory).
+pub fn sequence_dir() -> PathBuf {
+    let shared = PathBuf::from("../shared/testdata/sequences/vtest");
+    if shared.is_dir() {
+        shared
+    } else {
+        PathBuf::from("testdata/sequences/vtest")
+    }
+}
+
 /// JPEG and PNG files of a folder, in name order.
 pub fn frame_files(dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ToolError::Read {
