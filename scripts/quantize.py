@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Static int8 (QDQ) quantization of the detector, calibrated on frames of the CCTV sequence.
 
-The detection head stays in fp32: it concatenates box coordinates (0-640) with class scores
-(0-1) into one tensor, and one int8 scale for both loses every score (measured: a full-graph
-int8 model finds nothing). Everything before it (backbone, neck) is quantized per channel.
+The tail of the detection head stays in fp32: it concatenates box coordinates (0-640) with class
+scores (0-1) into one tensor, and one int8 scale for both loses every score (measured: a
+full-graph int8 model finds nothing). The tail is the last convolution of each branch (it gives
+the box and class logits) and everything from the concatenation of those logits onwards (DFL,
+sigmoid, box decoding). The rest — backbone, neck and the head's convolution stacks — is
+quantized per channel. (Keeping the whole head in fp32 is ~1.3x slower for the same F1:
+97 vs 74 ms per frame in one single-thread session, F1 0.985 vs 0.982 against fp32.)
 
     .venv/bin/python scripts/quantize.py [--model models/yolov12n.onnx]
         [--out models/yolov12n-int8.onnx] [--frames DIR] [--count 64]
@@ -76,6 +80,37 @@ def head_prefix(model):
     raise SystemExit(f"cannot find the head: no node named like /model.N/… produces {output}")
 
 
+def head_tail(model):
+    """The head's nodes that stay fp32: each Concat of the head whose inputs all come from
+    convolutions (the per-level join of box and class logits), those convolutions, and every
+    node downstream of the joins."""
+    prefix = head_prefix(model)
+    head = [n for n in model.graph.node if n.name.startswith(prefix)]
+    producer = {out: n for n in head for out in n.output}
+    joins = [
+        n
+        for n in head
+        if n.op_type == "Concat"
+        and n.input
+        and all(i in producer and producer[i].op_type == "Conv" for i in n.input)
+    ]
+    if not joins:
+        raise SystemExit(f"cannot find the head's logits in {prefix}: no Concat of convolutions")
+    tail = {producer[i].name for n in joins for i in n.input}
+    frontier = [out for n in joins for out in n.output]
+    tail.update(n.name for n in joins)
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    while frontier:
+        for n in consumers.get(frontier.pop(), []):
+            if n.name not in tail:
+                tail.add(n.name)
+                frontier.extend(n.output)
+    return prefix, sorted(tail)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
@@ -101,9 +136,8 @@ def main():
     inp = model.graph.input[0]
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     height, width = (dims[2] or 640), (dims[3] or 640)
-    prefix = head_prefix(model)
-    head = [n.name for n in model.graph.node if n.name.startswith(prefix)]
-    print(f"calibrating on {len(calibration)} frames of {args.frames}; head {prefix} ({len(head)} nodes) stays fp32")
+    prefix, tail = head_tail(model)
+    print(f"calibrating on {len(calibration)} frames of {args.frames}; the tail of head {prefix} ({len(tail)} nodes) stays fp32")
     # Written under another name and renamed at the end: an interrupted run leaves no model
     # that looks finished (scripts/setup.sh goes by the file's presence and age).
     partial = args.out + ".partial.onnx"
@@ -116,7 +150,7 @@ def main():
         weight_type=QuantType.QInt8,
         per_channel=True,
         calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=head,
+        nodes_to_exclude=tail,
     )
     os.remove(prepared)
     # vigil reads the class names and input size from the metadata: keep the original's.

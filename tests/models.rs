@@ -1,7 +1,8 @@
 //! Model variants. The CUDA execution provider, asked for where there is none (this machine,
-//! CI), falls back to the CPU and says so. The int8 model (`scripts/quantize.py`: static QDQ, calibrated on the sequence, head kept in
-//! fp32) against the fp32 one through vigil's pipeline: on the shared images and frames of the
-//! sequence its objects match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
+//! CI), falls back to the CPU and says so. The int8 model (`scripts/quantize.py`: static QDQ,
+//! calibrated on the sequence, the tail of the detection head kept in fp32) against the fp32
+//! one through vigil's pipeline: on the shared images and frames of the sequence its objects
+//! match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
 //! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
 //! Batching: scripts/batch_model.py's copy of the model run with `max_batch` gives each frame
 //! of a batch what it gets alone; a model that takes one frame is refused by name.
