@@ -54,6 +54,9 @@ pub fn decode_output(
     if data.len() != anchors * channels {
         return Err(DetectError::OutputShape(shape.to_vec()));
     }
+    if anchors == 0 {
+        return Ok(Vec::new());
+    }
     let at = |channel: usize, anchor: usize| {
         if channel_major {
             data[channel * anchors + anchor]
@@ -61,20 +64,33 @@ pub fn decode_output(
             data[anchor * channels + channel]
         }
     };
-    let mut candidates = Vec::new();
-    for a in 0..anchors {
-        let (mut best, mut class_id) = (f32::NEG_INFINITY, 0);
-        for c in 0..num_classes {
-            let s = at(4 + c, a);
-            if s > best {
-                (best, class_id) = (s, c);
+    // Each anchor's best class (the first of equal scores). Channel-major output (the usual)
+    // is read a class row at a time, contiguously, rather than 80 strided reads per anchor.
+    let mut best = vec![(f32::NEG_INFINITY, 0u32); anchors];
+    if channel_major {
+        for (c, row) in (0u32..).zip(data[4 * anchors..].chunks_exact(anchors)) {
+            for (b, &s) in best.iter_mut().zip(row) {
+                if s > b.0 {
+                    *b = (s, c);
+                }
             }
         }
-        if best > params.confidence {
+    } else {
+        for (b, row) in best.iter_mut().zip(data.chunks_exact(channels)) {
+            for (c, &s) in (0u32..).zip(&row[4..]) {
+                if s > b.0 {
+                    *b = (s, c);
+                }
+            }
+        }
+    }
+    let mut candidates = Vec::new();
+    for (a, &(score, class_id)) in best.iter().enumerate() {
+        if score > params.confidence {
             let (cx, cy, w, h) = (at(0, a), at(1, a), at(2, a), at(3, a));
             candidates.push(Detection {
-                class_id: class_id as u32,
-                score: best,
+                class_id,
+                score,
                 x1: cx - w / 2.0,
                 y1: cy - h / 2.0,
                 x2: cx + w / 2.0,
@@ -257,6 +273,13 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn an_output_without_anchors_has_no_detections() {
+        for shape in [[1, 84, 0], [1, 0, 84]] {
+            assert!(decode_output(&shape, &[], 80, &PARAMS).unwrap().is_empty());
+        }
     }
 
     #[test]
