@@ -245,7 +245,30 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: most of vigil's errors already put
+/// their source into their own message, and anyhow's "Caused by" list would repeat it.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Services log their state changes; the interactive commands keep stderr for problems.
     // The NATS client's own INFO lines (one per reconnect attempt) are left to vigil's.
@@ -674,4 +697,30 @@ fn shutdown_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let read = vigil::tools::ToolError::Read {
+            path: "frames".into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(read).context("loadgen");
+        assert_eq!(report(&error), "loadgen: cannot read frames: no such file");
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_added() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io).context("cannot load the configuration");
+        assert_eq!(
+            report(&error),
+            "cannot load the configuration: no such file"
+        );
+    }
 }
