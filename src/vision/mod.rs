@@ -100,7 +100,7 @@ pub enum VisionError {
     #[error("JPEG data is corrupt or cut short: {0}")]
     Jpeg(String),
     #[error("letterbox resize failed: {0}")]
-    Resize(String),
+    Resize(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl VisionError {
@@ -326,14 +326,13 @@ impl Letterboxer {
     }
 
     fn resize(&mut self, image: &RgbImage, lb: &Letterbox) -> Result<(), VisionError> {
-        let err = |e: &dyn std::fmt::Display| VisionError::Resize(e.to_string());
         let src = ImageRef::new(
             image.width(),
             image.height(),
             image.as_raw(),
             PixelType::U8x3,
         )
-        .map_err(|e| err(&e))?;
+        .map_err(|e| VisionError::Resize(Box::new(e)))?;
         self.scratch
             .resize(lb.scaled_width as usize * lb.scaled_height as usize * 3, 0);
         let mut dst = Image::from_slice_u8(
@@ -342,11 +341,11 @@ impl Letterboxer {
             &mut self.scratch,
             PixelType::U8x3,
         )
-        .map_err(|e| err(&e))?;
+        .map_err(|e| VisionError::Resize(Box::new(e)))?;
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         self.resizer
             .resize(&src, &mut dst, &options)
-            .map_err(|e| err(&e))
+            .map_err(|e| VisionError::Resize(Box::new(e)))
     }
 }
 
