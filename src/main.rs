@@ -492,8 +492,22 @@ async fn run() -> anyhow::Result<()> {
             if quiet > cameras {
                 anyhow::bail!("--quiet {quiet} is more than --cameras {cameras}");
             }
+            let frames = match frames {
+                Some(dir) => dir,
+                None => {
+                    let dir = vigil::tools::play::sequence_dir();
+                    if !dir.is_dir() {
+                        anyhow::bail!(
+                            "no --frames given, and the CCTV test sequence is not under this \
+                             directory (../shared/testdata/sequences/vtest or \
+                             testdata/sequences/vtest): run from the checkout, or pass --frames DIR"
+                        );
+                    }
+                    dir
+                }
+            };
             let options = LoadOptions {
-                frames: frames.unwrap_or_else(vigil::tools::play::sequence_dir),
+                frames,
                 site,
                 cameras,
                 quiet,
