@@ -6,8 +6,8 @@ scores (0-1) into one tensor, and one int8 scale for both loses every score (mea
 full-graph int8 model finds nothing). The tail is the last convolution of each branch (it gives
 the box and class logits) and everything from the concatenation of those logits onwards (DFL,
 sigmoid, box decoding). The rest — backbone, neck and the head's convolution stacks — is
-quantized per channel. (Keeping the whole head in fp32 is ~1.3x slower for the same F1:
-97 vs 74 ms per frame in one single-thread session, F1 0.985 vs 0.982 against fp32.)
+quantized per channel. (Keeping the whole head in fp32 was ~1.15x slower through vigil for
+the same F1 0.987: see models/README.md.)
 
     .venv/bin/python scripts/quantize.py [--model models/yolov12n.onnx]
         [--out models/yolov12n-int8.onnx] [--frames DIR] [--count 64]
