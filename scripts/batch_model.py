@@ -18,20 +18,10 @@ cameras waiting for the model at the same time go through it in one run.
 """
 import argparse
 import os
-import subprocess
 import sys
 
-
-def ensure(*packages):
-    missing = []
-    for module, package in packages:
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyenv import ensure  # noqa: E402
 
 ensure(("onnx", "onnx"))
 

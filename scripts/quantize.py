@@ -18,20 +18,10 @@ RGB, /255, planar float32. Compare the result with the fp32 model through vigil 
 """
 import argparse
 import os
-import subprocess
 import sys
 
-
-def ensure(*packages):
-    missing = []
-    for module, package in packages:
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyenv import ensure  # noqa: E402
 
 ensure(("onnx", "onnx"), ("PIL", "pillow"))
 

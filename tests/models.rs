@@ -4,6 +4,8 @@
 //! one through vigil's pipeline: on the shared images and frames of the sequence its objects
 //! match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
 //! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
+//! The same for the default model, `scripts/rect_model.py`'s copy of the fp32 model that takes
+//! 640×480 images, which must also report that input size.
 //! Batching: scripts/batch_model.py's copy of the model run with `max_batch` gives each frame
 //! of a batch what it gets alone; a model that takes one frame is refused by name.
 
@@ -61,9 +63,8 @@ async fn objects(model: &Path, images: &[PathBuf]) -> Vec<Vec<(String, BBox)>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_int8_model_finds_what_the_fp32_model_finds() {
-    let int8 = int8_model();
+/// The shared images and sequence frames that calibration (every 4th or 9th) did not see.
+fn agreement_images() -> Vec<PathBuf> {
     let root = common::testdata();
     let mut images: Vec<PathBuf> = std::fs::read_dir(root.join("images"))
         .unwrap()
@@ -75,12 +76,18 @@ async fn the_int8_model_finds_what_the_fp32_model_finds() {
         .map(|e| e.unwrap().path())
         .collect();
     sequence.sort();
-    // Frames the calibration (every 4th or 9th) did not see.
     images.extend(sequence.iter().skip(5).step_by(25).cloned());
+    images
+}
+
+/// `model`'s objects matched to the fp32 original's (same label, IoU ≥ 0.5) on
+/// [`agreement_images`]: reported under `name`, and F1 ≥ 0.95 asserted.
+async fn agrees_with_the_original(name: &str, model: &Path) {
+    let images = agreement_images();
     let fp32 = objects(Path::new("models/yolov12n.onnx"), &images).await;
-    let quantized = objects(&int8, &images).await;
+    let other = objects(model, &images).await;
     let (mut tp, mut fp, mut fn_) = (0, 0, 0);
-    for (found, reference) in quantized.iter().zip(&fp32) {
+    for (found, reference) in other.iter().zip(&fp32) {
         let (t, f, n) = vigil::tools::fleet::matches(found, reference);
         tp += t;
         fp += f;
@@ -90,14 +97,54 @@ async fn the_int8_model_finds_what_the_fp32_model_finds() {
     let recall = tp as f64 / (tp + fn_).max(1) as f64;
     let f1 = 2.0 * precision * recall / (precision + recall).max(1e-9);
     common::report(
-        "int8_agreement",
+        name,
         serde_json::json!({ "images": images.len(), "fp32_objects": tp + fn_, "precision": precision, "recall": recall, "f1": f1 }),
     );
     assert!(tp + fn_ > 100, "{} fp32 objects", tp + fn_);
     assert!(
         f1 >= 0.95,
-        "F1 {f1:.3} (precision {precision:.3}, recall {recall:.3})"
+        "{name}: F1 {f1:.3} (precision {precision:.3}, recall {recall:.3})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_model_finds_what_the_fp32_model_finds() {
+    agrees_with_the_original("int8_agreement", &int8_model()).await;
+}
+
+/// scripts/rect_model.py's 640×480 copy (the default model), from models/ when setup made it,
+/// else made here into target/tmp.
+fn rect_model() -> PathBuf {
+    let shipped = Path::new("models/yolov12n-640x480.onnx");
+    if shipped.is_file() {
+        return shipped.to_path_buf();
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-640x480.onnx");
+    if !out.is_file() {
+        let status = Command::new(".venv/bin/python")
+            .args(["scripts/rect_model.py", "--out"])
+            .arg(&out)
+            .status()
+            .expect("scripts/rect_model.py runs");
+        assert!(status.success(), "scripts/rect_model.py failed");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_640x480_copy_takes_640x480_and_finds_what_the_square_model_finds() {
+    let model = rect_model();
+    let mut config = common::sequence::config();
+    config.detector.model = model.clone();
+    config.detector.sessions = 1;
+    let detector = vigil::detect::Detector::load(&config.detector).unwrap();
+    let info = detector.info();
+    assert_eq!(
+        (info.input_width, info.input_height),
+        (640, 480),
+        "{info:?}"
+    );
+    agrees_with_the_original("rect_agreement", &model).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

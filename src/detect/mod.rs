@@ -81,7 +81,7 @@ impl Provider {
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("models/yolov12n-int8.onnx"),
+            model: PathBuf::from("models/yolov12n-640x480.onnx"),
             runtime_library: None,
             sessions: 2,
             threads_per_session: 1,
