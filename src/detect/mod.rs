@@ -31,7 +31,7 @@ pub use output::{decode_output, nms, parse_class_names, DecodeParams, Detection}
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// The ONNX model (YOLOv8/11/12 export); relative paths are from the working directory.
-    /// The default is the int8 copy scripts/setup.sh makes of the fp32 model.
+    /// The default is the 640×480 copy scripts/setup.sh makes of the fp32 model (scripts/rect_model.py).
     pub model: PathBuf,
     /// ONNX Runtime shared library (`libonnxruntime.so.1.x`). When absent: `ORT_DYLIB_PATH`,
     /// then the project's `.venv` (PyPI `onnxruntime` wheel).
