@@ -17,7 +17,9 @@ after checking that the same computation gives back the original's constants exa
 
 It then checks the result on real frames: the copy at W x H must find what the original finds
 at W x W on the same frames (precision and recall at IoU 0.5 after NMS, both >= 0.9), or
-nothing is written. vigil's own comparison: `cargo run --release --example int8_eval -- MODEL_A
+nothing is written. Pass frames of the cameras' own aspect: a 640x384 copy (for 16:9 cameras)
+checked on the 4:3 sequence scales those frames smaller than the original does and fails, as it
+should (measured: precision 0.897, recall 0.938). vigil's own comparison: `cargo run --release --example int8_eval -- MODEL_A
 MODEL_B`.
 
     .venv/bin/python scripts/rect_model.py [--model models/yolov12n.onnx] [--height 480]
@@ -75,9 +77,11 @@ def rect(model, height):
     old_h, old_w = dims[2].dim_value, dims[3].dim_value
     if not old_h or old_h != old_w:
         raise SystemExit(f"expected a square input with a fixed size, found {old_h}x{old_w}")
+    out_dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    if len(out_dims) != 3 or not out_dims[1] or out_dims[2] <= out_dims[1]:
+        raise SystemExit(f"expected an output [1, 4 + classes, anchors], found {out_dims}")
+    old_anchors = out_dims[2]
     consts = constant_tensors(graph)
-    anchors = next(iter(graph.output[0].type.tensor_type.shape.dim[2:3]), None)
-    old_anchors = anchors.dim_value if anchors is not None else 0
     # The strides constant: one entry per anchor, its distinct values the levels' strides.
     per_anchor = {name: (owner, a) for name, (owner, a) in consts.items() if a.ndim and a.shape[-1] == old_anchors}
     strides_found = [
