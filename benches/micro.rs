@@ -122,7 +122,17 @@ fn model_output(
         .custom("names")
         .and_then(|n| vigil::detect::parse_class_names(&n))
         .ok_or_else(|| anyhow::anyhow!("the model names no classes"))?;
-    let (w, h) = (640u32, 640u32);
+    // The input size the model takes (the default takes 640×480).
+    let dims: Vec<i64> = session
+        .inputs()
+        .first()
+        .and_then(|i| i.dtype().tensor_shape())
+        .map(|s| s.to_vec())
+        .unwrap_or_default();
+    let (w, h) = match dims.as_slice() {
+        [_, 3, h, w] if *h > 0 && *w > 0 => (*w as u32, *h as u32),
+        _ => anyhow::bail!("the model's input {dims:?} is not [1, 3, H, W]"),
+    };
     let mut tensor = Vec::new();
     Letterboxer::default().run(image, w, h, &mut tensor)?;
     let input = ort::value::TensorRef::from_array_view((
