@@ -123,12 +123,7 @@ fn model_output(
         .and_then(|n| vigil::detect::parse_class_names(&n))
         .ok_or_else(|| anyhow::anyhow!("the model names no classes"))?;
     // The input size the model takes (the default takes 640×480).
-    let dims: Vec<i64> = session
-        .inputs()
-        .first()
-        .and_then(|i| i.dtype().tensor_shape())
-        .map(|s| s.to_vec())
-        .unwrap_or_default();
+    let dims = vigil::detect::input_dims(&session);
     let (w, h) = match dims.as_slice() {
         [_, 3, h, w] if *h > 0 && *w > 0 => (*w as u32, *h as u32),
         _ => anyhow::bail!("the model's input {dims:?} is not [1, 3, H, W]"),

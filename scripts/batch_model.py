@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pyenv import ensure  # noqa: E402
+from pyenv import constant_tensors, ensure  # noqa: E402
 
 ensure(("onnx", "onnx"))
 
@@ -29,17 +29,6 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import numpy_helper, shape_inference  # noqa: E402
-
-
-def constant_tensors(graph):
-    """Name -> (owner, array) for initializers and Constant nodes."""
-    found = {i.name: (i, numpy_helper.to_array(i)) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    found[node.output[0]] = (a, numpy_helper.to_array(a.t))
-    return found
 
 
 def inferred_shapes(model):

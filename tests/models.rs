@@ -3,7 +3,8 @@
 //! calibrated on the sequence, the tail of the detection head kept in fp32) against the fp32
 //! one through vigil's pipeline: on the shared images and frames of the sequence its objects
 //! match the fp32 model's (same label, IoU ≥ 0.5) at F1 ≥ 0.95. The model
-//! is quantized here (into target/tmp) when models/ has none, so the script keeps working.
+//! is quantized here (into target/tmp) when models/ has none, so the script keeps working
+//! (the same for the other scripts' models below).
 //! The same for the default model, `scripts/rect_model.py`'s copy of the fp32 model that takes
 //! 640×480 images, which must also report that input size.
 //! Batching: scripts/batch_model.py's copy of the model run with `max_batch` gives each frame
@@ -25,18 +26,30 @@ const ORIGIN: vigil::pipeline::Origin<'static> = vigil::pipeline::Origin {
 };
 
 fn int8_model() -> PathBuf {
-    let shipped = Path::new("models/yolov12n-int8.onnx");
+    made_by(
+        "scripts/quantize.py",
+        "yolov12n-int8.onnx",
+        &["--count", "32"],
+    )
+}
+
+/// The model `script` writes as `file`: models/`file` when scripts/setup.sh made it, else made
+/// here once into target/tmp (so the script itself keeps working).
+fn made_by(script: &str, file: &str, args: &[&str]) -> PathBuf {
+    let shipped = Path::new("models").join(file);
     if shipped.is_file() {
-        return shipped.to_path_buf();
+        return shipped;
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-int8.onnx");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
     if !out.is_file() {
         let status = Command::new(".venv/bin/python")
-            .args(["scripts/quantize.py", "--count", "32", "--out"])
+            .arg(script)
+            .args(args)
+            .arg("--out")
             .arg(&out)
             .status()
-            .expect("scripts/quantize.py runs");
-        assert!(status.success(), "scripts/quantize.py failed");
+            .unwrap_or_else(|e| panic!("{script} runs: {e}"));
+        assert!(status.success(), "{script} failed");
     }
     out
 }
@@ -112,23 +125,9 @@ async fn the_int8_model_finds_what_the_fp32_model_finds() {
     agrees_with_the_original("int8_agreement", &int8_model()).await;
 }
 
-/// scripts/rect_model.py's 640×480 copy (the default model), from models/ when setup made it,
-/// else made here into target/tmp.
+/// scripts/rect_model.py's 640×480 copy (the default model).
 fn rect_model() -> PathBuf {
-    let shipped = Path::new("models/yolov12n-640x480.onnx");
-    if shipped.is_file() {
-        return shipped.to_path_buf();
-    }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-640x480.onnx");
-    if !out.is_file() {
-        let status = Command::new(".venv/bin/python")
-            .args(["scripts/rect_model.py", "--out"])
-            .arg(&out)
-            .status()
-            .expect("scripts/rect_model.py runs");
-        assert!(status.success(), "scripts/rect_model.py failed");
-    }
-    out
+    made_by("scripts/rect_model.py", "yolov12n-640x480.onnx", &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,18 +165,9 @@ async fn cuda_where_there_is_none_falls_back_to_the_cpu_and_still_detects() {
     );
 }
 
-/// scripts/batch_model.py's copy of the fp32 model, made once into target/tmp.
+/// scripts/batch_model.py's copy of the fp32 model.
 fn batch_model() -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("yolov12n-batch.onnx");
-    if !out.is_file() {
-        let status = Command::new(".venv/bin/python")
-            .args(["scripts/batch_model.py", "--out"])
-            .arg(&out)
-            .status()
-            .expect("scripts/batch_model.py runs");
-        assert!(status.success(), "scripts/batch_model.py failed");
-    }
-    out
+    made_by("scripts/batch_model.py", "yolov12n-batch.onnx", &[])
 }
 
 /// Letterboxed tensors of `count` sequence frames.

@@ -462,17 +462,23 @@ impl Drop for Detector {
     }
 }
 
+/// The shape of the model's first input as the model declares it (-1 for a symbolic size;
+/// empty when it declares none).
+pub fn input_dims(session: &Session) -> Vec<i64> {
+    session
+        .inputs()
+        .first()
+        .and_then(|i| i.dtype().tensor_shape())
+        .map(|s| s.to_vec())
+        .unwrap_or_default()
+}
+
 fn read_model_info(
     session: &Session,
     name: String,
     sha256: String,
 ) -> Result<ModelInfo, DetectError> {
-    let dims: Vec<i64> = session
-        .inputs()
-        .first()
-        .and_then(|i| i.dtype().tensor_shape())
-        .map(|s| s.to_vec())
-        .unwrap_or_default();
+    let dims = input_dims(session);
     let from_meta = |key: &str| session.metadata().ok().and_then(|m| m.custom(key));
     let (input_height, input_width) = match dims.as_slice() {
         [_, 3, h, w] if *h > 0 && *w > 0 => (*h as u32, *w as u32),
