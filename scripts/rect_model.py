@@ -200,6 +200,16 @@ def main():
     p.add_argument("--check", type=int, default=20, help="frames in the agreement check")
     args = p.parse_args()
 
+    if not os.path.isfile(args.model):
+        raise SystemExit(f"no model at {args.model} (scripts/setup.sh puts the default one in models/)")
+    files = sorted(
+        os.path.join(args.frames, f)
+        for f in (os.listdir(args.frames) if os.path.isdir(args.frames) else [])
+        if f.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+    if not files:
+        raise SystemExit(f"no JPEG or PNG frames in {args.frames} to check the copy on (--frames DIR)")
+    files = files[:: max(1, len(files) // args.check)][: args.check]
     model = onnx.load(args.model)
     width = model.graph.input[0].type.tensor_type.shape.dim[3].dim_value
     if args.height <= 0 or args.height % 32 or args.height > width:
@@ -212,10 +222,6 @@ def main():
     partial = out_path + ".partial.onnx"
     onnx.save(model, partial)
 
-    files = sorted(
-        os.path.join(args.frames, f) for f in os.listdir(args.frames) if f.lower().endswith((".jpg", ".jpeg", ".png"))
-    )
-    files = files[:: max(1, len(files) // args.check)][: args.check]
     precision, recall, n_square, n_wide = agreement(args.model, partial, files, width, args.height)
     if precision < 0.9 or recall < 0.9:
         os.remove(partial)
