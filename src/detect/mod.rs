@@ -136,8 +136,11 @@ impl DetectorConfig {
 pub enum DetectError {
     #[error("ONNX Runtime library not found; searched: {}. Set detector.runtime_library or ORT_DYLIB_PATH, or run scripts/setup.sh", searched.join(", "))]
     RuntimeNotFound { searched: Vec<String> },
-    #[error("cannot load ONNX Runtime from {path}: {message}")]
-    RuntimeLoad { path: String, message: String },
+    #[error("cannot load ONNX Runtime from {path}: {source}")]
+    RuntimeLoad {
+        path: String,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot read model {path}: {source}")]
     ModelRead {
         path: PathBuf,
@@ -293,18 +296,20 @@ fn build_session(
 }
 
 fn environment(library: &Path) -> Result<ort::environment::Environment, DetectError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    // ONNX Runtime is loaded once per process, so its outcome, failure included, is kept.
+    static ENV: OnceLock<Result<ort::environment::Environment, Shared>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let builder = ort::init_from(library).map_err(|e| e.to_string())?;
+        let builder = ort::init_from(library).map_err(|e| Arc::new(e) as Shared)?;
         builder
             .with_name("vigil")
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| Arc::new(e) as Shared)
     })
     .clone()
-    .map_err(|message| DetectError::RuntimeLoad {
+    .map_err(|source| DetectError::RuntimeLoad {
         path: library.display().to_string(),
-        message,
+        source,
     })
 }
 

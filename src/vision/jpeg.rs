@@ -193,15 +193,15 @@ pub(super) fn decode(
     let pixels = match run(true) {
         Ok(pixels) => pixels,
         Err(DecodeErrors::FormatStatic(m)) if m.contains("Extra bytes between headers") => {
-            run(false).map_err(|e| VisionError::Jpeg(format!("{e:?}")))?
+            run(false).map_err(VisionError::Jpeg)?
         }
-        Err(e) => return Err(VisionError::Jpeg(format!("{e:?}"))),
+        Err(e) => return Err(VisionError::Jpeg(e)),
     };
-    RgbImage::from_raw(probe.width, probe.height, pixels).ok_or_else(|| {
-        VisionError::Jpeg(format!(
-            "decoded size differs from the header's {}×{}",
-            probe.width, probe.height
-        ))
+    let got = pixels.len();
+    RgbImage::from_raw(probe.width, probe.height, pixels).ok_or(VisionError::JpegSize {
+        width: probe.width,
+        height: probe.height,
+        got,
     })
 }
 

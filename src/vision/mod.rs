@@ -98,7 +98,11 @@ pub enum VisionError {
     #[error("JPEG is truncated: {0}")]
     Truncated(&'static str),
     #[error("JPEG data is corrupt or cut short: {0}")]
-    Jpeg(String),
+    Jpeg(#[source] zune_jpeg::errors::DecodeErrors),
+    #[error(
+        "JPEG decoded to {got} bytes, not the {width}×{height} RGB pixels its header declares"
+    )]
+    JpegSize { width: u32, height: u32, got: usize },
     #[error("letterbox resize failed: {0}")]
     Resize(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
