@@ -17,7 +17,8 @@ use crate::contract::{
     self, ErrorCode, Frame, ImageSize, ObjectReport, Risk, RiskEvent, Timings, ZoneReport,
     EVENT_SCHEMA,
 };
-use crate::detect::{DetectError, Detector};
+use crate::detect::{DetectError, Detector, Inference};
+use crate::motion::{Gate, Thumbnail, Verdict};
 use crate::risk::RiskPolicy;
 use crate::scene::{self, Cameras};
 use crate::vision::{self, ImageLimits, Letterbox, Letterboxer};
@@ -87,7 +88,7 @@ pub struct Pipeline {
     cameras: Cameras,
     require_known_cameras: bool,
     /// Motion gating (None: `[motion] enabled = false`), and the cameras it leaves alone.
-    gate: Option<crate::motion::Gate>,
+    gate: Option<Arc<Gate>>,
     ungated: std::collections::HashSet<(String, String)>,
 }
 
@@ -119,7 +120,7 @@ impl Pipeline {
             gate: config
                 .motion
                 .enabled
-                .then(|| crate::motion::Gate::new(&config.motion)),
+                .then(|| Arc::new(Gate::new(&config.motion))),
             ungated: config
                 .cameras
                 .iter()
@@ -181,23 +182,32 @@ impl Pipeline {
             .gate
             .as_ref()
             .filter(|_| stream && frame.pose.is_none())
-            .map(|g| (g, (origin.site.to_string(), origin.camera.to_string())))
-            .filter(|(_, key)| !self.ungated.contains(key));
-        let gated = gate.is_some();
-        let (size, letterbox, tensor, thumbnail) = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor, gated);
+            .map(|g| GateCall {
+                gate: Arc::clone(g),
+                key: (origin.site.to_string(), origin.camera.to_string()),
+                captured_at: frame.captured_at,
+            })
+            .filter(|call| !self.ungated.contains(&call.key));
+        let (prepared, gate) = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&image, &probe, &limits, input_w, input_h, tensor, &gate);
             drop(budget);
-            prepared
+            prepared.map(|p| (p, gate))
         })
         .await
         .map_err(|e| {
             AnalysisError::new(ErrorCode::Internal, format!("decode task failed: {e}"))
         })??;
         let decoded = started.elapsed();
+        let Prepared {
+            size,
+            letterbox,
+            tensor,
+            judged,
+        } = prepared;
 
-        let (inference, motion) = match (gate, thumbnail) {
-            (Some((gate, key)), Some(thumbnail)) => {
-                self.gated_inference(gate, key, thumbnail, &frame, size, tensor, origin)
+        let (inference, motion) = match (gate, judged) {
+            (Some(call), Some((thumbnail, verdict))) => {
+                self.gated_inference(call, thumbnail, verdict, &frame, size, tensor, origin)
                     .await?
             }
             _ => (self.detector.detect(tensor, origin.patience).await?, None),
@@ -241,29 +251,29 @@ impl Pipeline {
         Ok(event)
     }
 
-    /// The model's detections for a frame of a gated camera: those of the camera's last
-    /// analysed frame when the view has not changed since (the model skipped), else a run of
-    /// the model, remembered for the next frames.
+    /// The model's detections for a frame of a gated camera, as the gate judged it: those of
+    /// the camera's last analysed frame when the view has not changed since (the model
+    /// skipped; `tensor` was never filled), else a run of the model, remembered for the next
+    /// frames.
     #[allow(clippy::too_many_arguments)]
     async fn gated_inference(
         &self,
-        gate: &crate::motion::Gate,
-        key: (String, String),
-        thumbnail: crate::motion::Thumbnail,
+        call: GateCall,
+        thumbnail: Thumbnail,
+        verdict: Verdict,
         frame: &Frame,
         size: ImageSize,
         tensor: Vec<f32>,
         origin: Origin<'_>,
-    ) -> Result<(crate::detect::Inference, Option<contract::MotionReport>), AnalysisError> {
-        use crate::motion::Verdict;
-        match gate.judge(&key, &thumbnail, frame.captured_at, size) {
+    ) -> Result<(Inference, Option<contract::MotionReport>), AnalysisError> {
+        match verdict {
             Verdict::Reuse {
                 change,
                 detections,
                 from,
             } => {
                 self.detector.return_buffer(tensor);
-                let inference = crate::detect::Inference {
+                let inference = Inference {
                     detections: detections.to_vec(),
                     waited: Duration::ZERO,
                     infer: Duration::ZERO,
@@ -280,8 +290,8 @@ impl Pipeline {
             Verdict::Run { change } => {
                 let inference = self.detector.detect(tensor, origin.patience).await?;
                 let event_id = contract::event_id(origin.site, origin.camera, &frame.frame_id);
-                gate.analysed(
-                    key,
+                call.gate.analysed(
+                    call.key,
                     thumbnail,
                     frame.captured_at,
                     size,
@@ -364,7 +374,26 @@ impl Pipeline {
     }
 }
 
-/// Decode and letterbox, on a blocking thread.
+/// A gated frame's camera and capture time, for the gate's verdict on the blocking thread.
+struct GateCall {
+    gate: Arc<Gate>,
+    key: (String, String),
+    captured_at: DateTime<Utc>,
+}
+
+/// A decoded frame's size, letterbox and model input and, for a gated camera, its thumbnail
+/// and the gate's verdict.
+struct Prepared {
+    size: ImageSize,
+    letterbox: Letterbox,
+    /// Filled unless the verdict is to reuse the last detections.
+    tensor: Vec<f32>,
+    judged: Option<(Thumbnail, Verdict)>,
+}
+
+/// Decode and letterbox, on a blocking thread. A gated camera's frame is judged between the
+/// two halves of the letterbox, on the scaled copy: a frame whose model run is skipped does
+/// not pay for the tensor.
 fn prepare(
     bytes: &[u8],
     probe: &vision::Probe,
@@ -372,33 +401,37 @@ fn prepare(
     input_w: u32,
     input_h: u32,
     mut tensor: Vec<f32>,
-    thumbnail: bool,
+    gate: &Option<GateCall>,
 ) -> Result<Prepared, AnalysisError> {
     let image = vision::decode_probed(bytes, probe, limits)?;
     let size = ImageSize {
         width: image.width(),
         height: image.height(),
     };
-    let (letterbox, thumbnail) = LETTERBOXER.with(|lb| {
+    let (letterbox, judged) = LETTERBOXER.with(|lb| {
         let mut lb = lb.borrow_mut();
-        let letterbox = lb.run(&image, input_w, input_h, &mut tensor)?;
-        // From the scaled copy the letterbox just made: a fraction of a large frame's pixels.
-        let thumbnail = thumbnail.then(|| {
+        let letterbox = lb.scale(&image, input_w, input_h)?;
+        // From the scaled copy: a fraction of a large frame's pixels.
+        let judged = gate.as_ref().map(|call| {
             let (rgb, w, h) = lb.scaled(&image, &letterbox);
-            crate::motion::Thumbnail::of_rgb(rgb, w, h)
+            let thumbnail = Thumbnail::of_rgb(rgb, w, h);
+            let verdict = call
+                .gate
+                .judge(&call.key, &thumbnail, call.captured_at, size);
+            (thumbnail, verdict)
         });
-        Ok::<_, vision::VisionError>((letterbox, thumbnail))
+        if !matches!(judged, Some((_, Verdict::Reuse { .. }))) {
+            lb.fill(&image, &letterbox, input_w, input_h, &mut tensor);
+        }
+        Ok::<_, vision::VisionError>((letterbox, judged))
     })?;
-    Ok((size, letterbox, tensor, thumbnail))
+    Ok(Prepared {
+        size,
+        letterbox,
+        tensor,
+        judged,
+    })
 }
-
-/// A decoded frame's size, letterbox, model input and (for gated cameras) thumbnail.
-type Prepared = (
-    ImageSize,
-    Letterbox,
-    Vec<f32>,
-    Option<crate::motion::Thumbnail>,
-);
 
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4

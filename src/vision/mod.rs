@@ -290,36 +290,76 @@ impl Letterboxer {
         input_height: u32,
         tensor: &mut Vec<f32>,
     ) -> Result<Letterbox, VisionError> {
+        let lb = self.scale(image, input_width, input_height)?;
+        self.fill(image, &lb, input_width, input_height, tensor);
+        Ok(lb)
+    }
+
+    /// The first half of [`Letterboxer::run`]: where `image` sits in the input, and the image
+    /// scaled to that size (see [`Letterboxer::scaled`]). A caller that may not need the
+    /// tensor (a gated frame whose model run is skipped) looks at the scaled copy first.
+    pub fn scale(
+        &mut self,
+        image: &RgbImage,
+        input_width: u32,
+        input_height: u32,
+    ) -> Result<Letterbox, VisionError> {
         let lb = Letterbox::fit(image.width(), image.height(), input_width, input_height);
-        let plane = input_width as usize * input_height as usize;
-        tensor.clear();
-        tensor.resize(plane * 3, self.to_unit[usize::from(PAD_VALUE)]);
-        let scaled: &[u8] = if (lb.scaled_width, lb.scaled_height) == image.dimensions() {
-            image.as_raw()
-        } else {
+        if (lb.scaled_width, lb.scaled_height) != image.dimensions() {
             self.resize(image, &lb)?;
-            &self.scratch
-        };
-        let row_len = lb.scaled_width as usize;
-        for (row, pixels) in scaled.chunks_exact(row_len * 3).enumerate() {
-            let start = (lb.pad_top as usize + row) * input_width as usize + lb.pad_left as usize;
-            let (r, rest) = tensor.split_at_mut(plane);
-            let (g, b) = rest.split_at_mut(plane);
+        }
+        Ok(lb)
+    }
+
+    /// The second half: the tensor from the scaled copy the last [`Letterboxer::scale`] of
+    /// `image` made, the padding written only where it shows (a 4:3 frame in a 4:3 input has
+    /// none).
+    pub fn fill(
+        &self,
+        image: &RgbImage,
+        lb: &Letterbox,
+        input_width: u32,
+        input_height: u32,
+        tensor: &mut Vec<f32>,
+    ) {
+        let (width, plane) = (
+            input_width as usize,
+            input_width as usize * input_height as usize,
+        );
+        // Every element is written below; resize only allocates (or keeps) the room.
+        tensor.resize(plane * 3, 0.0);
+        let pad = self.to_unit[usize::from(PAD_VALUE)];
+        let (scaled, _, _) = self.scaled(image, lb);
+        let (row_len, top) = (lb.scaled_width as usize, lb.pad_top as usize);
+        let (left, rows) = (lb.pad_left as usize, lb.scaled_height as usize);
+        for channel in tensor.chunks_exact_mut(plane) {
+            channel[..top * width].fill(pad);
+            channel[(top + rows) * width..].fill(pad);
+            for line in channel[top * width..(top + rows) * width].chunks_exact_mut(width) {
+                line[..left].fill(pad);
+                line[left + row_len..].fill(pad);
+            }
+        }
+        let (r, rest) = tensor.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (row, pixels) in scaled.chunks_exact(row_len * 3).take(rows).enumerate() {
+            let start = (top + row) * width + left;
             let (r, g, b) = (
                 &mut r[start..start + row_len],
                 &mut g[start..start + row_len],
                 &mut b[start..start + row_len],
             );
+            // A table, not a division: this loop does not vectorise without AVX2, and the
+            // table gives the same values as v / 255.0.
             for (i, px) in pixels.chunks_exact(3).enumerate() {
                 r[i] = self.to_unit[usize::from(px[0])];
                 g[i] = self.to_unit[usize::from(px[1])];
                 b[i] = self.to_unit[usize::from(px[2])];
             }
         }
-        Ok(lb)
     }
 
-    /// The frame as scaled into the input by the last [`Letterboxer::run`] on `image` with
+    /// The frame as scaled into the input by the last [`Letterboxer::scale`] of `image` with
     /// letterbox `lb`: packed RGB rows, width, height. Cheaper to look at than the frame.
     pub fn scaled<'a>(&'a self, image: &'a RgbImage, lb: &Letterbox) -> (&'a [u8], u32, u32) {
         if (lb.scaled_width, lb.scaled_height) == image.dimensions() {
@@ -506,6 +546,27 @@ mod tests {
             (1.0, 0.0, 0.2)
         );
         assert_eq!(tensor[4096 + 63 * 64 + 63], pad);
+    }
+
+    #[test]
+    fn a_reused_tensor_is_written_everywhere() {
+        // Only the padding that shows is written, so every element of a reused tensor must be
+        // either padding or picture: a tall image (pads left and right) after a wide one
+        // (pads top and bottom), into a tensor full of NaN.
+        let mut letterboxer = Letterboxer::default();
+        let pad = 114.0 / 255.0;
+        for (w, h) in [(100, 50), (50, 100), (64, 64)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+            let mut tensor = vec![f32::NAN; 3 * 64 * 64 + 5];
+            let lb = letterboxer.run(&img, 64, 64, &mut tensor).unwrap();
+            assert_eq!(tensor.len(), 3 * 64 * 64);
+            for (i, v) in tensor.iter().enumerate() {
+                let (x, y) = ((i % 4096) % 64, (i % 4096) / 64);
+                let inside = (lb.pad_left..lb.pad_left + lb.scaled_width).contains(&(x as u32))
+                    && (lb.pad_top..lb.pad_top + lb.scaled_height).contains(&(y as u32));
+                assert_eq!(*v, if inside { 1.0 } else { pad }, "{w}×{h}: ({x}, {y})");
+            }
+        }
     }
 
     #[test]
