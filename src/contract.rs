@@ -128,6 +128,10 @@ pub struct MotionReport {
     /// analysed frame; absent when there was none to compare with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<f64>,
+    /// Share (0–1) of the most-changed 8×8-pixel window of that thumbnail that changed (what a
+    /// small, far person moves); absent with `change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_change: Option<f64>,
     /// The model did not run: the objects are those of `detections_of`, placed and scored
     /// again for this frame.
     pub model_skipped: bool,

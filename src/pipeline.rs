@@ -281,7 +281,8 @@ impl Pipeline {
                     batch: 0,
                 };
                 let report = contract::MotionReport {
-                    change: Some(round4(change)),
+                    change: Some(round4(change.share)),
+                    window_change: Some(round4(change.window)),
                     model_skipped: true,
                     detections_of: Some(from),
                 };
@@ -299,7 +300,8 @@ impl Pipeline {
                     &event_id,
                 );
                 let report = contract::MotionReport {
-                    change: change.map(round4),
+                    change: change.map(|c| round4(c.share)),
+                    window_change: change.map(|c| round4(c.window)),
                     model_skipped: false,
                     detections_of: None,
                 };

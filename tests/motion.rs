@@ -84,7 +84,7 @@ fn the_busy_sequence_never_skips_the_model_and_a_still_view_does_until_a_person_
     let changes: Vec<f64> = verdicts
         .iter()
         .filter_map(|v| match v {
-            Verdict::Run { change } => *change,
+            Verdict::Run { change } => change.map(|c| c.share),
             Verdict::Reuse { .. } => None,
         })
         .collect();
@@ -159,6 +159,7 @@ fn the_busy_sequence_never_skips_the_model_and_a_still_view_does_until_a_person_
             "model_runs_while_a_person_crosses_10_frames": person_runs,
             "pixel_delta": config.pixel_delta,
             "min_change": config.min_change,
+            "min_window_change": config.min_window_change,
         }),
     );
 }

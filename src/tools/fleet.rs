@@ -1,9 +1,14 @@
 //! loadgen's fleet mode: quiet cameras beside busy ones. A quiet camera shows a still view (the
 //! first frame of the folder) with sensor noise, JPEG re-encoding and a slow lighting drift, and
-//! for 4 s in every 30 s a person crossing it — a real person, cut from a later frame of the folder where
-//! vigil's own analyze service finds one. Its frames are rendered once (a 30 s loop at 5 frames
-//! a second, the crossing near its end) and analysed once through `vigil.analyze`
-//! (which is never gated): the reference each gated event is scored against.
+//! for 4 s in every 30 s a person crossing it: a real person walking through 20 consecutive
+//! frames of the folder, whom vigil's own analyze service follows from frame to frame, apart
+//! from everyone else. Only the person's own pixels are copied into the still view, where
+//! they were: those that differ from the scene without people (the per-pixel median of frames
+//! spread over the folder). Copying the person's whole box would also copy the ground around
+//! them, a rectangle that changes more of the view than the person does, and that the model
+//! may not take for a person. Its frames are rendered once (a 30 s loop at 5 frames a second,
+//! the crossing near its end) and analysed once through `vigil.analyze` (which is never
+//! gated): the reference each gated event is scored against.
 
 use std::time::Duration;
 
@@ -18,6 +23,13 @@ use crate::contract::{subjects, BBox, Encoding, Frame, RiskEvent};
 pub const LOOP: usize = 150;
 /// The crossing: these frames of the loop (4 s at 5 frames/s).
 const CROSSING: std::ops::Range<usize> = 100..120;
+/// Frames of the folder whose per-pixel median is the scene without the people walking in it.
+const BACKGROUND_FRAMES: usize = 15;
+/// Pixels around a person's box that are still searched for the person, and that must be free
+/// of anyone else's box.
+const MARGIN: f32 = 6.0;
+/// Summed over R, G and B: how far a pixel must be from the empty scene to be the person's.
+const PERSON_DELTA: u32 = 60;
 
 /// One quiet camera's loop of frames, with where the pasted person is and what the model
 /// finds in each frame when it runs.
@@ -132,8 +144,8 @@ fn jpeg(image: &RgbImage) -> Result<Bytes, ToolError> {
 }
 
 impl QuietScene {
-    /// Renders the loop from `images` (the still view is the first; the person comes from
-    /// the first later image where the model finds one at least 60 px tall) and analyses it.
+    /// Renders the loop from `images` (the still view is the first; the crossing is the first
+    /// person from frame 40 on whom the model follows through 20 frames) and analyses it.
     pub async fn build(
         client: &async_nats::Client,
         images: &[Bytes],
@@ -142,64 +154,30 @@ impl QuietScene {
             .first()
             .ok_or_else(|| ToolError::NoFrames("(fleet)".into()))?;
         let base = decode(first)?;
-        let mut cut = None;
-        for (i, image) in images.iter().enumerate().skip(40).step_by(10) {
-            let event = analyse(client, image.clone(), &format!("person-{i}")).await?;
-            let person = event
-                .objects
-                .iter()
-                .filter(|o| o.label == "person" && !o.low_score && o.bbox.y2 - o.bbox.y1 >= 60.0)
-                .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
-            if let Some(p) = person {
-                let source = decode(image)?;
-                let (x, y) = (p.bbox.x1.max(0.0) as u32, p.bbox.y1.max(0.0) as u32);
-                let w = (p.bbox.x2 as u32)
-                    .min(source.width())
-                    .saturating_sub(x)
-                    .max(1);
-                let h = (p.bbox.y2 as u32)
-                    .min(source.height())
-                    .saturating_sub(y)
-                    .max(1);
-                cut = Some((image::imageops::crop_imm(&source, x, y, w, h).to_image(), y));
-                break;
-            }
-            if i > 200 {
-                break;
-            }
+        let crossing = find_crossing(client, images).await?;
+        if crossing.is_none() {
+            eprintln!("fleet: the model follows no person at least 60 px tall and apart from others through 20 frames of the folder; the quiet cameras will have no crossing");
         }
-        if cut.is_none() {
-            eprintln!("fleet: the model found no person at least 60 px tall in the folder's frames; the quiet cameras will have no crossing");
-        }
+        let background = match &crossing {
+            Some(_) => Some(median_background(images, &base)?),
+            None => None,
+        };
         let mut frames = Vec::with_capacity(LOOP);
         let mut person = Vec::with_capacity(LOOP);
         for k in 0..LOOP {
-            let light =
-                (8.0 * (k as f64 / LOOP as f64 * std::f64::consts::TAU).sin()).round() as i32;
-            let mut frame = RgbImage::from_fn(base.width(), base.height(), |x, y| {
-                let n = ((x.wrapping_mul(2_654_435_761)
-                    ^ y.wrapping_mul(40_503)
-                    ^ (k as u32).wrapping_mul(97))
-                    % 9) as i32
-                    - 4;
-                Rgb(base
-                    .get_pixel(x, y)
-                    .0
-                    .map(|c| (i32::from(c) + n + light).clamp(0, 255) as u8))
-            });
+            let mut view = base.clone();
             let mut at = None;
-            if let (Some((patch, y)), true) = (&cut, CROSSING.contains(&k)) {
-                let span = base.width().saturating_sub(patch.width()).max(1);
-                let step = (k - CROSSING.start) as u32 * span / (CROSSING.len() as u32 - 1);
-                image::imageops::overlay(&mut frame, patch, i64::from(step), i64::from(*y));
-                at = Some(BBox {
-                    x1: step as f32,
-                    y1: *y as f32,
-                    x2: (step + patch.width()) as f32,
-                    y2: (*y + patch.height()) as f32,
-                });
+            if let (Some(track), Some(background)) = (&crossing, &background) {
+                if let Some((source, b)) = k
+                    .checked_sub(CROSSING.start)
+                    .and_then(|i| track.get(i))
+                    .filter(|_| CROSSING.contains(&k))
+                {
+                    paste_person(&mut view, source, background, b);
+                    at = Some(*b);
+                }
             }
-            frames.push(jpeg(&frame)?);
+            frames.push(jpeg(&still(&view, k))?);
             person.push(at);
         }
         let mut reference = Vec::with_capacity(LOOP);
@@ -279,6 +257,154 @@ pub fn agreement(scene: &QuietScene, seen: &[QuietEvent], fps: f64) -> Agreement
     a
 }
 
+/// Frame `k` of the loop as the camera sends it: `view` with sensor noise (±4 levels, a new
+/// pattern each frame) and a lighting drift (±8 levels over the loop).
+fn still(view: &RgbImage, k: usize) -> RgbImage {
+    let light = (8.0 * (k as f64 / LOOP as f64 * std::f64::consts::TAU).sin()).round() as i32;
+    RgbImage::from_fn(view.width(), view.height(), |x, y| {
+        let n =
+            ((x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ (k as u32).wrapping_mul(97))
+                % 9) as i32
+                - 4;
+        Rgb(view
+            .get_pixel(x, y)
+            .0
+            .map(|c| (i32::from(c) + n + light).clamp(0, 255) as u8))
+    })
+}
+
+/// A person the model follows through `CROSSING.len()` consecutive frames of `images` from
+/// frame 40 on: at least 60 px tall in the first, the same person (IoU ≥ 0.3 with the box
+/// before) in each next one, and no one else within [`MARGIN`] of the box in any. Each frame
+/// decoded, with the person's box.
+async fn find_crossing(
+    client: &async_nats::Client,
+    images: &[Bytes],
+) -> Result<Option<Vec<(RgbImage, BBox)>>, ToolError> {
+    let len = CROSSING.len();
+    let mut start = 40;
+    while start + len <= images.len() && start <= 200 {
+        let mut found = Vec::with_capacity(len);
+        for (i, image) in images.iter().enumerate().skip(start).take(len) {
+            found.push(boxes(
+                &analyse(client, image.clone(), &format!("person-{i}")).await?,
+            ));
+        }
+        let first = found[0]
+            .iter()
+            .filter(|(l, b)| l == "person" && b.y2 - b.y1 >= 60.0 && apart(b, &found[0]));
+        for (_, b) in first {
+            let mut track = vec![*b];
+            for others in &found[1..] {
+                let Some(last) = track.last().copied() else {
+                    break;
+                };
+                let next = others
+                    .iter()
+                    .filter(|(l, c)| l == "person" && iou(c, &last) >= 0.3)
+                    .max_by(|(_, c), (_, d)| iou(c, &last).total_cmp(&iou(d, &last)))
+                    .map(|(_, c)| *c)
+                    .filter(|c| apart(c, others));
+                match next {
+                    Some(c) => track.push(c),
+                    None => break,
+                }
+            }
+            if track.len() == len {
+                let frames = images[start..start + len]
+                    .iter()
+                    .map(|image| decode(image))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(Some(frames.into_iter().zip(track).collect()));
+            }
+        }
+        start += len;
+    }
+    Ok(None)
+}
+
+/// Whether no box of `all` other than `b` itself comes within [`MARGIN`] of `b`.
+fn apart(b: &BBox, all: &[(String, BBox)]) -> bool {
+    let grown = grow(b, MARGIN);
+    all.iter()
+        .filter(|(_, c)| c != b)
+        .all(|(_, c)| iou(&grown, c) == 0.0)
+}
+
+fn grow(b: &BBox, by: f32) -> BBox {
+    BBox {
+        x1: b.x1 - by,
+        y1: b.y1 - by,
+        x2: b.x2 + by,
+        y2: b.y2 + by,
+    }
+}
+
+/// The per-pixel median of [`BACKGROUND_FRAMES`] frames spread over `images`: the scene with
+/// the people who walk through it gone. Frames of another size than `base` are passed over.
+pub fn median_background(images: &[Bytes], base: &RgbImage) -> Result<RgbImage, ToolError> {
+    let step = (images.len() / BACKGROUND_FRAMES).max(1);
+    let mut frames = Vec::with_capacity(BACKGROUND_FRAMES);
+    for image in images.iter().step_by(step).take(BACKGROUND_FRAMES) {
+        let frame = decode(image)?;
+        if frame.dimensions() == base.dimensions() {
+            frames.push(frame.into_raw());
+        }
+    }
+    if frames.is_empty() {
+        return Ok(base.clone());
+    }
+    let mut values = vec![0u8; frames.len()];
+    let mut median = vec![0u8; frames[0].len()];
+    for (i, out) in median.iter_mut().enumerate() {
+        for (v, frame) in values.iter_mut().zip(&frames) {
+            *v = frame[i];
+        }
+        let middle = values.len() / 2;
+        *out = *values.select_nth_unstable(middle).1;
+    }
+    Ok(RgbImage::from_raw(base.width(), base.height(), median).unwrap_or_else(|| base.clone()))
+}
+
+/// Copies the person in box `at` of `source` into `view` where they stand: the pixels of the
+/// box (and [`MARGIN`] around it) that differ from `background` by more than [`PERSON_DELTA`],
+/// grown by one pixel so that their outline comes along.
+pub fn paste_person(view: &mut RgbImage, source: &RgbImage, background: &RgbImage, at: &BBox) {
+    let (w, h) = source.dimensions();
+    if view.dimensions() != (w, h) || background.dimensions() != (w, h) {
+        return;
+    }
+    let area = grow(at, MARGIN);
+    let clip = |v: f32, max: u32| (v.max(0.0) as u32).min(max);
+    let (x0, y0, x1, y1) = (
+        clip(area.x1, w),
+        clip(area.y1, h),
+        clip(area.x2, w),
+        clip(area.y2, h),
+    );
+    let differs = |x: u32, y: u32| {
+        let (p, q) = (source.get_pixel(x, y).0, background.get_pixel(x, y).0);
+        (0..3).map(|c| u32::from(p[c].abs_diff(q[c]))).sum::<u32>() > PERSON_DELTA
+    };
+    let mask: Vec<bool> = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .map(|(x, y)| differs(x, y))
+        .collect();
+    let bw = (x1 - x0) as usize;
+    let near = |x: usize, y: usize| {
+        (y.saturating_sub(1)..=y + 1)
+            .flat_map(|v| (x.saturating_sub(1)..=x + 1).map(move |u| (u, v)))
+            .any(|(u, v)| u < bw && mask.get(v * bw + u).copied().unwrap_or(false))
+    };
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if near((x - x0) as usize, (y - y0) as usize) {
+                view.put_pixel(x, y, *source.get_pixel(x, y));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +427,55 @@ mod tests {
         assert_eq!(matches(&found, &reference), (1, 2, 1));
         assert_eq!(matches(&reference, &reference), (2, 0, 0));
         assert!((iou(&b(0., 0., 10., 10.), &b(5., 0., 15., 10.)) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    fn png(image: &RgbImage) -> Bytes {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        Bytes::from(out.into_inner())
+    }
+
+    /// A textured scene with a dark 10×30 figure at (fx, fy).
+    fn scene_with_figure(at: Option<(u32, u32)>) -> RgbImage {
+        RgbImage::from_fn(120, 80, |x, y| {
+            let on =
+                at.is_some_and(|(fx, fy)| (fx..fx + 10).contains(&x) && (fy..fy + 30).contains(&y));
+            if on {
+                Rgb([20, 20, 30])
+            } else {
+                Rgb([100 + (x % 7) as u8 * 10, 150, 90 + (y % 5) as u8 * 8])
+            }
+        })
+    }
+
+    #[test]
+    fn the_median_of_frames_is_the_scene_without_the_people_walking_through_it() {
+        let empty = scene_with_figure(None);
+        let frames: Vec<Bytes> = (0..15)
+            .map(|i| png(&scene_with_figure(Some((i * 7, 20)))))
+            .collect();
+        assert_eq!(median_background(&frames, &empty).unwrap(), empty);
+    }
+
+    #[test]
+    fn only_the_persons_own_pixels_are_pasted() {
+        let empty = scene_with_figure(None);
+        let source = scene_with_figure(Some((50, 30)));
+        // Another view: the same scene, brighter.
+        let mut view = RgbImage::from_fn(120, 80, |x, y| {
+            Rgb(empty.get_pixel(x, y).0.map(|c| c.saturating_add(20)))
+        });
+        let before = view.clone();
+        paste_person(&mut view, &source, &empty, &b(48., 28., 62., 62.));
+        for (x, y, p) in view.enumerate_pixels() {
+            let figure = (50..60).contains(&x) && (30..60).contains(&y);
+            // The figure and a one-pixel outline come from the source; nothing else changes.
+            let outline = (49..61).contains(&x) && (29..61).contains(&y);
+            if figure {
+                assert_eq!(p, source.get_pixel(x, y), "({x}, {y})");
+            } else if !outline {
+                assert_eq!(p, before.get_pixel(x, y), "({x}, {y})");
+            }
+        }
     }
 }
