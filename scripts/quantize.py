@@ -10,7 +10,7 @@ quantized per channel. (Keeping the whole head in fp32 was ~1.15x slower through
 the same F1 0.987: see models/README.md.)
 
     .venv/bin/python scripts/quantize.py [--model models/yolov12n.onnx]
-        [--out models/yolov12n-int8.onnx] [--frames DIR] [--count 64]
+        [--out models/yolov12n-int8.onnx] [--frames DIR] [--count 32]
 
 Pre-processing mirrors vigil's (src/vision): scale to fit, bilinear resize, pad 114 centred,
 RGB, /255, planar float32. Compare the result with the fp32 model through vigil itself:
@@ -27,6 +27,7 @@ ensure(("onnx", "onnx"), ("PIL", "pillow"))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
 from onnxruntime.quantization import (  # noqa: E402
     CalibrationDataReader,
     CalibrationMethod,
@@ -50,13 +51,26 @@ def letterbox(path, width, height):
 
 
 class Frames(CalibrationDataReader):
+    """The calibration frames, letterboxed; readable a range at a time (CalibStridedMinMax)."""
+
     def __init__(self, files, name, width, height):
-        self.files = iter(files)
+        self.all = list(files)
+        self.files = iter(self.all)
         self.name, self.width, self.height = name, width, height
+
+    def __len__(self):
+        return len(self.all)
+
+    def set_range(self, start_index, end_index):
+        self.files = iter(self.all[start_index:end_index])
 
     def get_next(self):
         path = next(self.files, None)
         return None if path is None else {self.name: letterbox(path, self.width, self.height)}
+
+
+# Calibration frames whose activations are held in memory at once.
+STRIDE = 8
 
 
 def head_prefix(model):
@@ -109,7 +123,7 @@ def main():
     p.add_argument("--out", default=os.path.join(root, "models/yolov12n-int8.onnx"))
     shared = os.path.join(root, "../shared/testdata/sequences/vtest")
     p.add_argument("--frames", default=shared if os.path.isdir(shared) else os.path.join(root, "testdata/sequences/vtest"))
-    p.add_argument("--count", type=int, default=64, help="calibration frames, spread over the folder")
+    p.add_argument("--count", type=int, default=32, help="calibration frames, spread over the folder")
     args = p.parse_args()
 
     files = sorted(
@@ -119,7 +133,10 @@ def main():
     )
     step = max(1, len(files) // args.count)
     calibration = files[::step][: args.count]
+    calibration = calibration[: max(STRIDE, len(calibration) // STRIDE * STRIDE)]
 
+    # Errors only: calibration's sessions warn about every initializer the graph leaves unused.
+    onnxruntime.set_default_logger_severity(3)
     prepared = args.out + ".prep.onnx"
     quant_pre_process(args.model, prepared, skip_symbolic_shape=True)
     model = onnx.load(prepared)
@@ -139,8 +156,15 @@ def main():
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CalibrationMethod.Percentile,
         nodes_to_exclude=tail,
+        # Each activation's range is the 99.999th percentile of its values (ranges that ignore
+        # the rarest outliers keep more resolution for the rest): F1 0.979 instead of 0.958 for
+        # the 640x480 copy against the square fp32 model, at the same speed (models/README.md).
+        # The histograms are collected STRIDE frames at a time: all frames' activations at once
+        # took more than 24 GB for 64 square frames. 32 frames agree as well as 64 (F1 0.978 and
+        # 0.979) in half the time (about a minute per model on a fast host).
+        extra_options={"CalibPercentile": 99.999, "CalibStridedMinMax": STRIDE},
     )
     os.remove(prepared)
     # vigil reads the class names and input size from the metadata: keep the original's.

@@ -6,7 +6,7 @@
 //! is quantized here (into target/tmp) when models/ has none, so the script keeps working
 //! (the same for the other scripts' models below).
 //! The same for the default model, `scripts/rect_model.py`'s copy of the fp32 model that takes
-//! 640×480 images, which must also report that input size.
+//! 640×480 images, which must also report that input size, and for its int8 copy (F1 ≥ 0.9).
 //! Batching: scripts/batch_model.py's copy of the model run with `max_batch` gives each frame
 //! of a batch what it gets alone; a model that takes one frame is refused by name.
 
@@ -26,11 +26,7 @@ const ORIGIN: vigil::pipeline::Origin<'static> = vigil::pipeline::Origin {
 };
 
 fn int8_model() -> PathBuf {
-    made_by(
-        "scripts/quantize.py",
-        "yolov12n-int8.onnx",
-        &["--count", "32"],
-    )
+    made_by("scripts/quantize.py", "yolov12n-int8.onnx", &[])
 }
 
 /// The model `script` writes as `file`: models/`file` when scripts/setup.sh made it, else made
@@ -76,7 +72,8 @@ async fn objects(model: &Path, images: &[PathBuf]) -> Vec<Vec<(String, BBox)>> {
     out
 }
 
-/// The shared images and sequence frames that calibration (every 4th or 9th) did not see.
+/// The shared images and sequence frames that calibration (every 9th of the first 288) did not
+/// see.
 fn agreement_images() -> Vec<PathBuf> {
     let root = common::testdata();
     let mut images: Vec<PathBuf> = std::fs::read_dir(root.join("images"))
@@ -89,13 +86,13 @@ fn agreement_images() -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .collect();
     sequence.sort();
-    images.extend(sequence.iter().skip(5).step_by(25).cloned());
+    images.extend(sequence.iter().skip(5).step_by(27).cloned());
     images
 }
 
 /// `model`'s objects matched to the fp32 original's (same label, IoU ≥ 0.5) on
-/// [`agreement_images`]: reported under `name`, and F1 ≥ 0.95 asserted.
-async fn agrees_with_the_original(name: &str, model: &Path) {
+/// [`agreement_images`]: reported under `name`, and F1 ≥ `least` asserted.
+async fn agrees_with_the_original(name: &str, model: &Path, least: f64) {
     let images = agreement_images();
     let fp32 = objects(Path::new("models/yolov12n.onnx"), &images).await;
     let other = objects(model, &images).await;
@@ -115,14 +112,29 @@ async fn agrees_with_the_original(name: &str, model: &Path) {
     );
     assert!(tp + fn_ > 100, "{} fp32 objects", tp + fn_);
     assert!(
-        f1 >= 0.95,
+        f1 >= least,
         "{name}: F1 {f1:.3} (precision {precision:.3}, recall {recall:.3})"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_int8_model_finds_what_the_fp32_model_finds() {
-    agrees_with_the_original("int8_agreement", &int8_model()).await;
+    agrees_with_the_original("int8_agreement", &int8_model(), 0.95).await;
+}
+
+/// The 640×480 copy quantized: F1 0.978 on a CPU with VNNI (models/README.md); int8 kernels
+/// differ by CPU, and on one without VNNI the older MinMax calibration gave 0.943, so the bar
+/// here is that the script still makes a working model, not the default's 0.95.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_640x480_int8_copy_finds_what_the_square_model_finds() {
+    let rect = rect_model();
+    let rect = rect.to_str().expect("a UTF-8 path");
+    let model = made_by(
+        "scripts/quantize.py",
+        "yolov12n-640x480-int8.onnx",
+        &["--model", rect],
+    );
+    agrees_with_the_original("rect_int8_agreement", &model, 0.9).await;
 }
 
 /// scripts/rect_model.py's 640×480 copy (the default model).
@@ -143,7 +155,7 @@ async fn the_640x480_copy_takes_640x480_and_finds_what_the_square_model_finds() 
         (640, 480),
         "{info:?}"
     );
-    agrees_with_the_original("rect_agreement", &model).await;
+    agrees_with_the_original("rect_agreement", &model, 0.95).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
