@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of every per-frame stage outside the model, on real inputs:
 //! decode and letterbox of a 768×576 sequence frame and of a 1920×1080 JPEG made from it (4:2:0
-//! as cameras send it, and 4:4:4), the motion thumbnail, output decoding + NMS of the model's
+//! as cameras send it, and 4:4:4), the motion thumbnail and change, output decoding + NMS of the model's
 //! real output for that frame, placement on the demo camera's ground with its zones, the risk
 //! assessment, and encoding the event as MessagePack.
 //!
@@ -182,6 +182,13 @@ fn vision_stages(c: &mut Criterion) {
             b.iter(|| vigil::motion::Thumbnail::of_rgb(black_box(rgb), sw, sh))
         });
     }
+    // The gate's measure: the 768x576 frame's thumbnail against its 1080p copy's (the
+    // share of changed pixels and the most-changed window).
+    let thumbnail = |image: &RgbImage| vigil::motion::Thumbnail::of(image);
+    let (now, before) = (thumbnail(&f.image_576), thumbnail(&f.image_1080));
+    c.bench_function("motion change (share and window)", |b| {
+        b.iter(|| black_box(&now).change(black_box(&before), 12))
+    });
 }
 
 fn after_the_model(c: &mut Criterion) {

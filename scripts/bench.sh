@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # (a) The model alone with vigil's settings (examples/model_alone.rs: letterboxed tensors through
-# vigil's detector pool, 1 and 2 one-thread sessions), for the fp32 model, its int8 copy and
-# its 640x480 copy ("rect", vigil's default), then (b) vigil with each next to (c) the Python
-# baseline (../shared/baseline, which ships with the fp32 model; also run with the int8 one;
-# it letterboxes to 640x640 only, so it cannot run the 640x480 copy), all driven by the baseline's own load driver
-# drive.py on the same machine and thread budget, one system at a time, each on a fresh
-# nats-server. Prints one JSON line per run and a summary table (medians of REPEATS runs). The
-# archiver is off: the baseline has no database. Last, (d) what vigil.analyze adds over calling
-# the pipeline in process.
+# vigil's detector pool, 1 and 2 one-thread sessions), for the fp32 model, its int8 copy, its
+# 640x480 copy ("rect", vigil's default) and that copy's int8 copy ("rect8"), then (b) vigil
+# with each next to (c) the Python baseline (../shared/baseline, which ships with the fp32 model;
+# also run with the int8 one; it letterboxes to 640x640 only, so it cannot run the 640x480
+# copies), all driven by the baseline's own load driver drive.py on the same machine and thread
+# budget, one system at a time, each on a fresh nats-server. Prints one JSON line per run and a
+# summary table (medians of REPEATS runs). vigil runs as shipped but for the archiver, which is
+# off: the baseline has no database. Last, (d) what vigil.analyze adds over calling the pipeline
+# in process.
 #   scripts/bench.sh [COUNT] [REPEATS] [INFLIGHT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +24,14 @@ cargo build --release --quiet --example model_alone --example analyze_overhead
 fp32=models/yolov12n.onnx
 int8=models/yolov12n-int8.onnx
 rect=models/yolov12n-640x480.onnx   # the default: the fp32 model for 640x480 input
+rect8=models/yolov12n-640x480-int8.onnx
 # model_fps SESSIONS MODEL
 model_fps() { target/release/examples/model_alone "$1" "$count" 1 "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
 # The model alone is measured before and after the systems, and the mean taken: this machine's
 # speed drifts over a run (shared host).
 declare -A alone
 measure_alone() {
-  for m in fp32 int8 rect; do
+  for m in fp32 int8 rect rect8; do
     for n in 1 2; do
       local fps; fps=$(model_fps "$n" "${!m}")
       echo "{\"system\": \"model alone\", \"model\": \"$m\", \"sessions\": $n, \"frames_per_s\": $fps}"
@@ -76,15 +78,17 @@ py_workers() { # PROCESSES THREADS MODEL
   wait
 }
 export -f vigil_serve py_workers
-export py baseline fp32 int8 rect
+export py baseline fp32 int8 rect rect8
 
 READY="processor started" measure "vigil fp32 1 session x 1 thread" bash -c 'vigil_serve 1 1 $fp32'
 READY="processor started" measure "vigil int8 1 session x 1 thread" bash -c 'vigil_serve 1 1 $int8'
 READY="processor started" measure "vigil rect 1 session x 1 thread" bash -c 'vigil_serve 1 1 $rect'
+READY="processor started" measure "vigil rect8 1 session x 1 thread" bash -c 'vigil_serve 1 1 $rect8'
 READY="py_worker ready" measure "python fp32 1 worker x 1 thread" bash -c 'py_workers 1 1 $fp32'
 READY="processor started" measure "vigil fp32 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $fp32'
 READY="processor started" measure "vigil int8 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $int8'
 READY="processor started" measure "vigil rect 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $rect'
+READY="processor started" measure "vigil rect8 2 sessions x 1 thread" bash -c 'vigil_serve 2 1 $rect8'
 READY="py_worker ready" measure "python fp32 2 workers x 1 thread" bash -c 'py_workers 2 1 $fp32'
 READY="py_worker ready" measure "python fp32 1 worker x 2 threads" bash -c 'py_workers 1 2 $fp32'
 # The baseline given vigil's int8 model, in its best configuration above (two workers).
@@ -100,12 +104,13 @@ overhead=$(target/release/examples/analyze_overhead "nats://127.0.0.1:$p" 100)
 echo "$overhead"
 stop_all
 
-python3 - "$run/results.jsonl" "$count" "$inflight" "${alone[fp321]}" "${alone[fp322]}" "${alone[int81]}" "${alone[int82]}" "${alone[rect1]}" "${alone[rect2]}" <<'PY'
+python3 - "$run/results.jsonl" "$count" "$inflight" "${alone[fp321]}" "${alone[fp322]}" "${alone[int81]}" "${alone[int82]}" "${alone[rect1]}" "${alone[rect2]}" "${alone[rect81]}" "${alone[rect82]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 model = {("fp32", 1): float(sys.argv[4]), ("fp32", 2): float(sys.argv[5]),
          ("int8", 1): float(sys.argv[6]), ("int8", 2): float(sys.argv[7]),
-         ("rect", 1): float(sys.argv[8]), ("rect", 2): float(sys.argv[9])}
+         ("rect", 1): float(sys.argv[8]), ("rect", 2): float(sys.argv[9]),
+         ("rect8", 1): float(sys.argv[10]), ("rect8", 2): float(sys.argv[11])}
 systems = list(dict.fromkeys(r["system"] for r in rows))
 print(f"\n{sys.argv[2]} frames of the vtest sequence per run, closed loop with {sys.argv[3]} in flight; medians of runs;")
 print("the model alone: the mean of its runs before and after the systems")
@@ -126,7 +131,8 @@ best = lambda prefix: max(v for k, v in fps.items() if k.startswith(prefix))
 print(f"best vigil fp32 / best Python fp32 (the baseline as it is): {best('vigil fp32') / best('python fp32'):.2f} x")
 print(f"best vigil int8 / best Python fp32 (the baseline as it is): {best('vigil int8') / best('python fp32'):.2f} x")
 print(f"best vigil int8 / Python int8 (the baseline given the same model): {best('vigil int8') / best('python int8'):.2f} x")
-print(f"best vigil rect (fp32 at 640x480, the default) / best Python fp32 (the baseline as it is): {best('vigil rect') / best('python fp32'):.2f} x")
+print(f"best vigil rect (fp32 at 640x480, the default) / best Python fp32 (the baseline as it is): {best('vigil rect ') / best('python fp32'):.2f} x")
+print(f"best vigil rect8 (int8 at 640x480) / best Python fp32 (the baseline as it is): {best('vigil rect8') / best('python fp32'):.2f} x")
 print(f"best vigil / best Python, any model each: {best('vigil') / best('python'):.2f} x")
 PY
 python3 - "$overhead" <<'PY'
