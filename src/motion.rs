@@ -29,7 +29,7 @@ use crate::detect::Detection;
 pub const THUMB_WIDTH: usize = 160;
 pub const THUMB_HEIGHT: usize = 120;
 /// Side (thumbnail pixels) of the square window the local change is measured in: 38×38 pixels
-/// of a 768×576 frame, 96×90 of a 1080p one.
+/// of a 768×576 frame, 96×72 of a 1080p one (the thumbnail is 160×120 whatever the aspect).
 pub const WINDOW: usize = 8;
 /// Cameras whose last analysed frame a processor remembers at most (≈ 20 KB each); beyond, the
 /// one analysed longest ago is forgotten (its next frame runs the model).
@@ -42,7 +42,8 @@ pub struct MotionConfig {
     pub enabled: bool,
     /// The share of the thumbnail (0–1) that must change for the model to run.
     pub min_change: f64,
-    /// … or the share (0–1) of the most-changed 8×8-pixel window of the thumbnail.
+    /// … or the share (0–1) of the most-changed 8×8-pixel window of the thumbnail (1: only a
+    /// window changed in every pixel runs it).
     pub min_window_change: f64,
     /// Grey levels (0–255) a thumbnail pixel must move by to count as changed.
     pub pixel_delta: u8,
@@ -330,6 +331,40 @@ mod tests {
         }
         let c = Thumbnail::of(&with_person);
         assert!(a.change(&c, 12).share > 0.005, "{:?}", a.change(&c, 12));
+    }
+
+    #[test]
+    fn the_window_share_is_the_most_changed_8x8_window_counted_by_hand() {
+        // Changed pixels scattered by a fixed rule, plus a block in the last window's corner.
+        let base = Thumbnail {
+            pixels: vec![100; THUMB_WIDTH * THUMB_HEIGHT],
+        };
+        let mut pixels = base.pixels.clone();
+        for (i, p) in pixels.iter_mut().enumerate() {
+            if (i * 7919) % 13 == 0 || (i % THUMB_WIDTH >= 154 && i / THUMB_WIDTH >= 113) {
+                *p = 200;
+            }
+        }
+        let changed = Thumbnail { pixels };
+        let mut most = 0;
+        for y in 0..=THUMB_HEIGHT - WINDOW {
+            for x in 0..=THUMB_WIDTH - WINDOW {
+                let n = (y..y + WINDOW)
+                    .flat_map(|v| (x..x + WINDOW).map(move |u| v * THUMB_WIDTH + u))
+                    .filter(|&i| changed.pixels[i] != 100)
+                    .count();
+                most = most.max(n);
+            }
+        }
+        let total = changed.pixels.iter().filter(|&&p| p != 100).count();
+        // The mean shift (8 levels) leaves the unchanged pixels within pixel_delta.
+        let change = changed.change(&base, 12);
+        assert_eq!(change.window, most as f64 / 64.0);
+        assert_eq!(
+            change.share,
+            total as f64 / (THUMB_WIDTH * THUMB_HEIGHT) as f64
+        );
+        assert!(most >= 42, "the corner block: {most}");
     }
 
     #[test]

@@ -32,10 +32,15 @@ fn int8_model() -> PathBuf {
 /// The model `script` writes as `file`: models/`file` when scripts/setup.sh made it, else made
 /// here once into target/tmp (so the script itself keeps working).
 fn made_by(script: &str, file: &str, args: &[&str]) -> PathBuf {
+    // Tests run in parallel and two may need the same model: one makes it, the others wait.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let shipped = Path::new("models").join(file);
     if shipped.is_file() {
         return shipped;
     }
+    let _making = MAKING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
     if !out.is_file() {
         let status = Command::new(".venv/bin/python")

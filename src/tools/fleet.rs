@@ -145,7 +145,8 @@ fn jpeg(image: &RgbImage) -> Result<Bytes, ToolError> {
 
 impl QuietScene {
     /// Renders the loop from `images` (the still view is the first; the crossing is the first
-    /// person from frame 40 on whom the model follows through 20 frames) and analyses it.
+    /// person the model follows through one of the 20-frame stretches that start at frames 40,
+    /// 60, … 200) and analyses it.
     pub async fn build(
         client: &async_nats::Client,
         images: &[Bytes],

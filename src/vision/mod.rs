@@ -555,7 +555,8 @@ mod tests {
         // (pads top and bottom), into a tensor full of NaN.
         let mut letterboxer = Letterboxer::default();
         let pad = 114.0 / 255.0;
-        for (w, h) in [(100, 50), (50, 100), (64, 64)] {
+        // Also the extremes, scaled to a single row or column.
+        for (w, h) in [(100, 50), (50, 100), (64, 64), (1, 1), (1000, 1), (1, 1000)] {
             let img = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
             let mut tensor = vec![f32::NAN; 3 * 64 * 64 + 5];
             let lb = letterboxer.run(&img, 64, 64, &mut tensor).unwrap();
