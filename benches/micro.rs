@@ -116,7 +116,7 @@ fn model_output(
     let mut session = ort::session::Session::builder(&env)?
         .with_intra_threads(1)
         .map_err(ort::Error::<()>::from)?
-        .commit_from_file(&config.detector.model)?;
+        .commit_from_file(config.detector.model_choice().path)?;
     let names = session
         .metadata()?
         .custom("names")

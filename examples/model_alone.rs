@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
             "threads_per_session": 1,
             "max_batch": max_batch,
             "mean_batch": (mean_batch * 100.0).round() / 100.0,
-            "model": config.detector.model,
+            "model": config.detector.model_choice().path,
             "frames": done,
             "frames_per_s": (done as f64 / seconds * 100.0).round() / 100.0,
         })

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # (a) The model alone with vigil's settings (examples/model_alone.rs: letterboxed tensors through
 # vigil's detector pool, 1 and 2 one-thread sessions), for the fp32 model, its int8 copy, its
-# 640x480 copy ("rect", vigil's default) and that copy's int8 copy ("rect8"), then (b) vigil
+# 640x480 copy ("rect") and that copy's int8 copy ("rect8"; detector.model = "auto", the default,
+# runs rect8 on a CPU with VNNI and rect elsewhere), then (b) vigil
 # with each next to (c) the Python baseline (../shared/baseline, which ships with the fp32 model;
 # also run with the int8 one; it letterboxes to 640x640 only, so it cannot run the 640x480
 # copies), all driven by the baseline's own load driver drive.py on the same machine and thread
@@ -23,8 +24,11 @@ cargo build --release --quiet
 cargo build --release --quiet --example model_alone --example analyze_overhead
 fp32=models/yolov12n.onnx
 int8=models/yolov12n-int8.onnx
-rect=models/yolov12n-640x480.onnx   # the default: the fp32 model for 640x480 input
-rect8=models/yolov12n-640x480-int8.onnx
+rect=models/yolov12n-640x480.onnx       # the fp32 model for 640x480 input
+rect8=models/yolov12n-640x480-int8.onnx  # its int8 copy
+# What the default (detector.model = "auto") runs on this CPU.
+shipped=$(target/release/vigil check-config | awk '/^# models\// {print $2}')
+case $shipped in "$rect8") shipped=rect8 ;; "$rect") shipped=rect ;; *) echo "auto chose $shipped" >&2; exit 1 ;; esac
 # model_fps SESSIONS MODEL
 model_fps() { target/release/examples/model_alone "$1" "$count" 1 "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
 # The model alone is measured before and after the systems, and the mean taken: this machine's
@@ -104,7 +108,7 @@ overhead=$(target/release/examples/analyze_overhead "nats://127.0.0.1:$p" 100)
 echo "$overhead"
 stop_all
 
-python3 - "$run/results.jsonl" "$count" "$inflight" "${alone[fp321]}" "${alone[fp322]}" "${alone[int81]}" "${alone[int82]}" "${alone[rect1]}" "${alone[rect2]}" "${alone[rect81]}" "${alone[rect82]}" <<'PY'
+python3 - "$run/results.jsonl" "$count" "$inflight" "${alone[fp321]}" "${alone[fp322]}" "${alone[int81]}" "${alone[int82]}" "${alone[rect1]}" "${alone[rect2]}" "${alone[rect81]}" "${alone[rect82]}" "$shipped" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 model = {("fp32", 1): float(sys.argv[4]), ("fp32", 2): float(sys.argv[5]),
@@ -131,8 +135,10 @@ best = lambda prefix: max(v for k, v in fps.items() if k.startswith(prefix))
 print(f"best vigil fp32 / best Python fp32 (the baseline as it is): {best('vigil fp32') / best('python fp32'):.2f} x")
 print(f"best vigil int8 / best Python fp32 (the baseline as it is): {best('vigil int8') / best('python fp32'):.2f} x")
 print(f"best vigil int8 / Python int8 (the baseline given the same model): {best('vigil int8') / best('python int8'):.2f} x")
-print(f"best vigil rect (fp32 at 640x480, the default) / best Python fp32 (the baseline as it is): {best('vigil rect ') / best('python fp32'):.2f} x")
-print(f"best vigil rect8 (int8 at 640x480) / best Python fp32 (the baseline as it is): {best('vigil rect8') / best('python fp32'):.2f} x")
+print(f"best vigil rect (fp32 at 640x480, the default without VNNI) / best Python fp32 (the baseline as it is): {best('vigil rect ') / best('python fp32'):.2f} x")
+print(f"best vigil rect8 (int8 at 640x480, the default with VNNI) / best Python fp32 (the baseline as it is): {best('vigil rect8') / best('python fp32'):.2f} x")
+shipped = sys.argv[12]
+print(f"vigil as shipped on this CPU (auto runs {shipped}) / Python as shipped: {best(f'vigil {shipped} ') / best('python fp32'):.2f} x")
 print(f"best vigil / best Python, any model each: {best('vigil') / best('python'):.2f} x")
 PY
 python3 - "$overhead" <<'PY'

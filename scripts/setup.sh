@@ -73,7 +73,7 @@ if [ ! -f "$int8" ] || [ "$int8" -ot "$model" ] || [ "$int8" -ot scripts/quantiz
   .venv/bin/python scripts/quantize.py --model "$model" --out "$int8" >/dev/null
 fi
 
-# --- the default model: the fp32 model for 640x480 frames (scripts/rect_model.py) -------------
+# --- the 640x480 copy of the fp32 model (scripts/rect_model.py; the default without VNNI) -----
 # A 4:3 frame fills 640x480 of the square input; the copy drops the padding quarter (about 1.4x
 # faster on a CPU). Made again when the fp32 model or the script is newer; it checks itself
 # against the original on sequence frames before it is written.
@@ -83,7 +83,7 @@ if [ ! -f "$rect" ] || [ "$rect" -ot "$model" ] || [ "$rect" -ot scripts/rect_mo
   .venv/bin/python scripts/rect_model.py --model "$model" --out "$rect" >/dev/null
 fi
 
-# --- its int8 copy: the fastest on CPUs with VNNI (models/README.md), not the default ----------
+# --- its int8 copy: the fastest on CPUs with VNNI, and the default there (models/README.md) ----
 rect_int8=models/yolov12n-640x480-int8.onnx
 if [ ! -f "$rect_int8" ] || [ "$rect_int8" -ot "$rect" ] || [ "$rect_int8" -ot scripts/quantize.py ]; then
   say "quantizing the 640x480 copy to int8 (scripts/quantize.py, about a minute)"

@@ -718,6 +718,12 @@ impl Config {
     /// camera, how well its ground calibration fits.
     pub fn check_report(&self) -> String {
         let mut out = self.to_toml();
+        let model = self.detector.model_choice();
+        out.push_str(&format!(
+            "\n# model\n# {} ({})\n",
+            model.path.display(),
+            model.reason
+        ));
         out.push_str("\n# cameras\n");
         if self.cameras.is_empty() {
             out.push_str("# (none: every camera is analysed without ground positions)\n");
