@@ -114,10 +114,11 @@ pub struct ModelChoice {
 impl ModelChoice {
     /// What `model = "auto"` runs, given the CPU, the provider and whether setup made the int8
     /// copy. int8 only on the CPU provider of a CPU with VNNI (AVX-512 VNNI or AVX-VNNI): there
-    /// ONNX Runtime's int8 kernels multiply 8-bit values exactly and the int8 copy is about
-    /// 1.3× the fp32 one's frames/s at F1 0.99 against it (models/README.md). Without VNNI they
-    /// fall back to an AVX2 instruction whose 16-bit sums saturate: int8 was slower there than
-    /// fp32 and agreed less (F1 0.94 on an AVX2-only EPYC), so fp32 stays.
+    /// ONNX Runtime's int8 kernels multiply 8-bit values exactly, and the int8 copy ran 1.5× the
+    /// fp32 one's frames/s at F1 0.99 against it (models/README.md). Without VNNI they
+    /// fall back to an AVX2 instruction whose 16-bit sums saturate: on an AVX2-only EPYC int8
+    /// was slower than fp32 and agreed less (F1 0.943 at 640×480, with the calibration of that
+    /// day), so fp32 stays.
     pub fn auto(vnni: bool, provider: Provider, int8_made: bool) -> ModelChoice {
         let (path, reason) = match (provider, vnni, int8_made) {
             (Provider::Cuda, _, _) => (AUTO_FP32, "auto: fp32, int8 is for the CPU provider"),
