@@ -27,8 +27,8 @@ int8=models/yolov12n-int8.onnx
 rect=models/yolov12n-640x480.onnx       # the fp32 model for 640x480 input
 rect8=models/yolov12n-640x480-int8.onnx  # its int8 copy
 # What the default (detector.model = "auto") runs on this CPU.
-shipped=$(target/release/vigil check-config | awk '/^# models\// {print $2}')
-case $shipped in "$rect8") shipped=rect8 ;; "$rect") shipped=rect ;; *) echo "auto chose $shipped" >&2; exit 1 ;; esac
+chosen=$(VIGIL_DETECTOR__MODEL=auto target/release/vigil check-config | awk 'f {print; exit} /^# model$/ {f = 1}')
+case $chosen in "# $rect8 "*) shipped=rect8 ;; "# $rect "*) shipped=rect ;; *) echo "bench.sh knows neither 640x480 copy in check-config's model line: $chosen" >&2; exit 1 ;; esac
 # model_fps SESSIONS MODEL
 model_fps() { target/release/examples/model_alone "$1" "$count" 1 "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)["frames_per_s"])'; }
 # The model alone is measured before and after the systems, and the mean taken: this machine's

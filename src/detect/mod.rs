@@ -209,9 +209,13 @@ pub enum DetectError {
         path: String,
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cannot read model {path}: {source}")]
+    #[error(
+        "cannot read model {path} ({chosen}; scripts/setup.sh makes the models/ copies): {source}"
+    )]
     ModelRead {
         path: PathBuf,
+        /// Why this file ([`ModelChoice::reason`]): `configured`, or what `auto` found.
+        chosen: &'static str,
         source: std::io::Error,
     },
     /// Shared by every frame of a batch the run failed for.
@@ -417,6 +421,7 @@ impl Detector {
         let choice = config.model_choice();
         let bytes = std::fs::read(&choice.path).map_err(|source| DetectError::ModelRead {
             path: choice.path.clone(),
+            chosen: choice.reason,
             source,
         })?;
         let sha256 = format!("{:x}", Sha256::digest(&bytes));

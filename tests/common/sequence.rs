@@ -25,7 +25,15 @@ pub fn config() -> Config {
 
 /// Events of the 300 frames as camera demo/vtest, captured 100 ms apart.
 pub async fn sequence_events() -> Vec<RiskEvent> {
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vtest_events.msgpack");
+    let config = config();
+    // One cache per model: `auto` picks by CPU, and a checkout's target/ outlives a change of it.
+    let model = config.detector.model_choice().path;
+    let stem = model
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model");
+    let cache =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vtest_events-{stem}.msgpack"));
     if let Ok(bytes) = std::fs::read(&cache) {
         if let Ok(events) = rmp_serde::from_slice::<Vec<RiskEvent>>(&bytes) {
             if events.len() == 300 {
@@ -33,7 +41,6 @@ pub async fn sequence_events() -> Vec<RiskEvent> {
             }
         }
     }
-    let config = config();
     let pipeline = Pipeline::new(&config, Detector::load(&config.detector).unwrap()).unwrap();
     let images = super::rig::sequence(300);
     let mut events = Vec::new();
