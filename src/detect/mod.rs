@@ -104,6 +104,18 @@ pub const AUTO_FP32: &str = "models/yolov12n-640x480.onnx";
 /// … or its int8 copy (scripts/quantize.py), where the CPU runs int8 fast and exactly.
 pub const AUTO_INT8: &str = "models/yolov12n-640x480-int8.onnx";
 
+/// The reason of a model named by path in `detector.model`.
+pub const CONFIGURED: &str = "set in detector.model";
+
+/// What a missing model file's error adds: setup makes the files `auto` picks, not others.
+fn setup_hint(chosen: &str) -> &'static str {
+    if chosen == CONFIGURED {
+        ""
+    } else {
+        "; scripts/setup.sh makes it"
+    }
+}
+
 /// The model file a configuration runs, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelChoice {
@@ -123,10 +135,7 @@ impl ModelChoice {
         let (path, reason) = match (provider, vnni, int8_made) {
             (Provider::Cuda, _, _) => (AUTO_FP32, "auto: fp32, int8 is for the CPU provider"),
             (Provider::Cpu, false, _) => (AUTO_FP32, "auto: fp32, this CPU has no VNNI"),
-            (Provider::Cpu, true, false) => (
-                AUTO_FP32,
-                "auto: fp32, the int8 copy is missing (scripts/setup.sh makes it)",
-            ),
+            (Provider::Cpu, true, false) => (AUTO_FP32, "auto: fp32, the int8 copy is missing"),
             (Provider::Cpu, true, true) => (AUTO_INT8, "auto: int8, this CPU has VNNI"),
         };
         ModelChoice {
@@ -155,7 +164,7 @@ impl DetectorConfig {
         if self.model != Path::new(AUTO_MODEL) {
             return ModelChoice {
                 path: self.model.clone(),
-                reason: "configured",
+                reason: CONFIGURED,
             };
         }
         ModelChoice::auto(
@@ -209,12 +218,10 @@ pub enum DetectError {
         path: String,
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
-    #[error(
-        "cannot read model {path} ({chosen}; scripts/setup.sh makes the models/ copies): {source}"
-    )]
+    #[error("cannot read model {path} ({chosen}{}): {source}", setup_hint(chosen))]
     ModelRead {
         path: PathBuf,
-        /// Why this file ([`ModelChoice::reason`]): `configured`, or what `auto` found.
+        /// Why this file ([`ModelChoice::reason`]): [`CONFIGURED`], or what `auto` found.
         chosen: &'static str,
         source: std::io::Error,
     },
@@ -724,6 +731,29 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_model_says_why_it_was_chosen_and_points_to_setup_only_for_auto() {
+        let missing = |chosen| {
+            DetectError::ModelRead {
+                path: "models/x.onnx".into(),
+                chosen,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }
+            .to_string()
+        };
+        let configured = missing(CONFIGURED);
+        assert!(
+            configured.contains("(set in detector.model)"),
+            "{configured}"
+        );
+        assert!(!configured.contains("setup.sh"), "{configured}");
+        let auto = missing("auto: fp32, this CPU has no VNNI");
+        assert!(
+            auto.contains("(auto: fp32, this CPU has no VNNI; scripts/setup.sh makes it)"),
+            "{auto}"
+        );
+    }
+
+    #[test]
     fn a_configured_model_is_run_as_it_is() {
         let config = DetectorConfig {
             model: "models/yolov12n.onnx".into(),
@@ -731,7 +761,7 @@ mod tests {
         };
         let choice = config.model_choice();
         assert_eq!(choice.path, Path::new("models/yolov12n.onnx"));
-        assert_eq!(choice.reason, "configured");
+        assert_eq!(choice.reason, CONFIGURED);
         // The default is auto, which names the CPU's verdict.
         let choice = DetectorConfig::default().model_choice();
         assert!(choice.reason.starts_with("auto: "), "{}", choice.reason);
